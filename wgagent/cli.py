@@ -1,0 +1,191 @@
+"""Command line: `wgagent run | status | check`. The only place that exits the process."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from . import __version__
+from . import config as config_mod
+from . import log as log_mod
+from .config import ConfigError
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_CONFIG = 0, 1, 2
+
+
+def _load(path: str):
+    try:
+        return config_mod.load(path)
+    except ConfigError as e:
+        print(f"wgagent: {e}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+
+
+def cmd_run(args) -> int:
+    cfg = _load(args.config)
+    log_mod.setup(cfg.agent.log_level, args.log)
+    log = log_mod.get()
+    for w in cfg.warnings:
+        log.warning("config_warning", detail=w)
+    from .daemon import Daemon, Runner
+    from .rtnl import Rtnl, RtnlEvents
+    from .wgsource import PeerSources
+
+    events = RtnlEvents()  # subscribe before the first dump: no change is missed between them
+    rtnl = Rtnl()
+    sources = PeerSources()
+    daemon = Daemon(cfg, rtnl, sources)
+    try:
+        if args.once:
+            daemon.reconcile()
+            return EXIT_OK
+        if not cfg.agent.enabled:
+            log.info("disabled", detail="option enabled '0': owned routes are removed, waiting for a reload")
+        return Runner(daemon, events).run()
+    finally:
+        sources.close()
+        rtnl.close()
+        events.close()
+
+
+def gather_status(cfg) -> dict:
+    """What the kernel holds now, read without the daemon's memory."""
+    from .policy import desired_state
+    from .rtnl import Rtnl
+    from .wgsource import PeerSources
+
+    rtnl, sources = Rtnl(), PeerSources()
+    try:
+        links = rtnl.links()
+        states = [sources.read(i.name, links.get(i.name)) for i in cfg.interfaces]
+        owned, foreign = rtnl.routes({link.index: name for name, link in links.items()})
+    finally:
+        sources.close()
+        rtnl.close()
+    now = time.time()
+    desired = desired_state(cfg, states, now, {}, time.monotonic())
+    owned_set = set(owned)
+    out = {"interfaces": [], "conflicts": []}
+    for state in states:
+        iface = cfg.interface(state.name)
+        entry = {"name": state.name, "backend": state.backend or None, "error": state.error or None,
+                 "table": config_mod.table_name(iface.table, cfg.tables), "peers": []}
+        for v in desired.verdicts:
+            if v.interface != state.name:
+                continue
+            entry["peers"].append({
+                "public_key": v.peer.public_key, "short_key": v.peer.short_key,
+                "description": v.description or None, "endpoint": v.peer.endpoint,
+                "handshake_age": None if v.handshake_age is None else round(v.handshake_age, 1),
+                "up": v.up, "reason": v.reason, "rx_bytes": v.peer.rx_bytes, "tx_bytes": v.peer.tx_bytes,
+                "allowed_ips": list(v.peer.allowed_ips),
+                "routes": [r.prefix for r in v.routes if r in owned_set],
+            })
+        out["interfaces"].append(entry)
+    for v in desired.verdicts:
+        for r in v.routes:
+            proto = foreign.get(r.slot)
+            if proto is not None:
+                out["conflicts"].append({"interface": v.interface, "prefix": r.prefix,
+                                         "table": config_mod.table_name(r.table, cfg.tables), "proto": proto})
+    described = {r for v in desired.verdicts for r in v.routes}
+    out["other_owned_routes"] = [f"{r.prefix} dev {r.ifname} table {r.table}" for r in sorted(owned_set - described)]
+    return out
+
+
+def _print_status(st: dict):
+    for entry in st["interfaces"]:
+        head = f"interface {entry['name']} ({entry['backend'] or 'not WireGuard'}, table {entry['table']})"
+        print(head + (f": {entry['error']}" if entry["error"] else ""))
+        if not entry["peers"]:
+            print("  no peers")
+        for p in entry["peers"]:
+            name = p["short_key"] + (f" ({p['description']})" if p["description"] else "")
+            age = "never" if p["handshake_age"] is None else f"{p['handshake_age']:.0f}s ago"
+            state = "up" if p["up"] else f"down ({p['reason']})"
+            print(f"  peer {name}  {state}  handshake {age}  endpoint {p['endpoint'] or '-'}")
+            print(f"    allowed ips: {', '.join(p['allowed_ips']) or '-'}")
+            print(f"    routes:      {', '.join(p['routes']) or '-'}")
+    for c in st["conflicts"]:
+        print(f"conflict: {c['prefix']} in table {c['table']} is held by protocol {c['proto']} ({c['interface']})")
+    for r in st["other_owned_routes"]:
+        print(f"owned route with no configured peer: {r}")
+
+
+def cmd_status(args) -> int:
+    cfg = _load(args.config)
+    st = gather_status(cfg)
+    if args.json:
+        json.dump(st, sys.stdout, indent=2)
+        print()
+    else:
+        _print_status(st)
+    return EXIT_OK
+
+
+def cmd_check(args) -> int:
+    cfg = _load(args.config)
+    problems = 0
+    for w in cfg.warnings:
+        print(f"warning: {w}")
+    try:
+        from .rtnl import Rtnl
+        from .wgsource import PeerSources
+
+        rtnl, sources = Rtnl(), PeerSources()
+        links = rtnl.links()
+        for iface in cfg.interfaces:
+            link = links.get(iface.name)
+            if link is not None and not sources.backend(iface.name, link):
+                print(f"problem: interface {iface.name} is not a WireGuard interface (kind {link.kind or 'none'})")
+                problems += 1
+            elif link is None:
+                print(f"note: interface {iface.name} does not exist yet; wgagent waits for it")
+        sources.close()
+        rtnl.close()
+        st = gather_status(cfg)
+        for c in st["conflicts"]:
+            print(f"problem: {c['prefix']} (table {c['table']}, {c['interface']}) is already routed by protocol "
+                  f"{c['proto']}; set option route_allowed_ips '0' on the wireguard_{c['interface']} peers "
+                  f"in /etc/config/network")
+            problems += 1
+    except (OSError, ImportError) as e:
+        print(f"note: kernel state not checked: {e}")
+    print(f"{cfg.path}: {'OK' if not problems else f'{problems} problem(s)'}")
+    return EXIT_PROBLEMS if problems else EXIT_OK
+
+
+def default_config() -> str:
+    return os.environ.get("WGAGENT_CONFIG", config_mod.DEFAULT_UCI_PATH)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="wgagent", description=(
+        "Keep routes in step with which WireGuard peers are connected."))
+    parser.add_argument("--version", action="version", version=f"wgagent {__version__}")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    def with_config(p):
+        p.add_argument("--config", "-c", default=default_config(),
+                       help="config file: UCI (default /etc/config/wgagent) or YAML (*.yaml)")
+        return p
+
+    p = with_config(sub.add_parser("run", help="run the daemon in the foreground"))
+    p.add_argument("--once", action="store_true", help="reconcile once and exit (routes stay)")
+    p.add_argument("--log", choices=("auto", "syslog", "stderr"), default="auto",
+                   help="where log lines go (auto: syslog if /dev/log exists, else stderr)")
+    p.set_defaults(func=cmd_run)
+    p = with_config(sub.add_parser("status", help="peers, handshake ages and installed routes"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+    p = with_config(sub.add_parser("check", help="validate the config and report conflicts (exit 1)"))
+    p.set_defaults(func=cmd_check)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

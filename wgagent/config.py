@@ -1,0 +1,396 @@
+"""wgagent's configuration: one typed model, read from UCI or from YAML.
+
+Every value is validated once, at load. An error names the file, the section, the
+option and the bad value; the loader raises ConfigError and the caller decides what
+to do (the CLI exits 2, a reload keeps the running config). Unknown options and
+section types are returned as warnings, never ignored silently.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable
+
+from . import uci
+
+DEFAULT_UCI_PATH = "/etc/config/wgagent"
+RT_TABLES = ("/etc/iproute2/rt_tables", "/usr/share/iproute2/rt_tables")
+BUILTIN_TABLES = {"main": 254, "local": 255, "default": 253}
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    """A bad config value: names where it is and what is wrong."""
+
+    def __init__(self, path: str, section: str | None, option: str | None, value: Any, message: str):
+        where = path
+        if section is not None:
+            where += f": section '{section}'"
+        if option is not None:
+            where += f", option '{option}'"
+        if value is not None:
+            where += f", value {_show(value)}"
+        super().__init__(f"{where}: {message}")
+        self.path, self.section, self.option, self.value = path, section, option, value
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(repr(v) for v in value) + "]"
+    return repr(value)
+
+
+# --- converters: raw string (or list of strings) -> typed value, ValueError on bad input
+
+_TRUE = ("1", "yes", "on", "true", "enabled")
+_FALSE = ("0", "no", "off", "false", "disabled")
+
+
+def boolean(raw: str) -> bool:
+    low = _scalar(raw).lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError("expected a boolean (1/0, yes/no, on/off, true/false)")
+
+
+def _scalar(raw: Any) -> str:
+    if isinstance(raw, list):
+        raise ValueError("expected a single value, not a list")
+    return raw
+
+
+def number(lo: float, hi: float, integer: bool = False, lo_open: bool = False) -> Callable[[str], float]:
+    def convert(raw: str) -> float:
+        text = _scalar(raw).strip()
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            raise ValueError("expected an integer" if integer else "expected a number") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("expected a finite number")
+        if value < lo or value > hi or (lo_open and value == lo):
+            low = f"> {lo:g}" if lo_open else f">= {lo:g}"
+            raise ValueError(f"out of range: must be {low} and <= {hi:g}")
+        return value
+
+    return convert
+
+
+def choice(*allowed: str) -> Callable[[str], str]:
+    def convert(raw: str) -> str:
+        value = _scalar(raw)
+        if value not in allowed:
+            raise ValueError("expected one of " + ", ".join(allowed))
+        return value
+
+    return convert
+
+
+def text(raw: str) -> str:
+    return _scalar(raw)
+
+
+_IFNAME = re.compile(r"[A-Za-z0-9_.@-]{1,15}\Z")
+
+
+def ifname(raw: str) -> str:
+    value = _scalar(raw)
+    if not _IFNAME.match(value) or value in (".", ".."):
+        raise ValueError("not a valid interface name (1-15 characters, no spaces or '/')")
+    return value
+
+
+def wg_key(raw: str) -> str:
+    value = _scalar(raw).strip()
+    try:
+        decoded = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        decoded = b""
+    if len(decoded) != 32 or len(value) != 44:
+        raise ValueError("not a WireGuard key (44 characters of base64, 32 bytes)")
+    return value
+
+
+def prefix(raw: str) -> str:
+    value = _scalar(raw)
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError as e:
+        raise ValueError(f"not an IP prefix ({e})") from None
+
+
+def read_rt_tables(paths: tuple[str, ...] = RT_TABLES) -> dict[str, int]:
+    """Table names from iproute2's rt_tables (and rt_tables.d/*.conf)."""
+    names = dict(BUILTIN_TABLES)
+    files: list[str] = []
+    for path in paths:
+        files.append(path)
+        d = path + ".d"
+        if os.path.isdir(d):
+            files.extend(os.path.join(d, f) for f in sorted(os.listdir(d)) if f.endswith(".conf"))
+    for path in files:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    parts = line.split("#", 1)[0].split()
+                    if len(parts) >= 2:
+                        try:
+                            names.setdefault(parts[1], int(parts[0], 0))
+                        except ValueError:
+                            continue
+        except OSError:
+            continue
+    return names
+
+
+def table(raw: str, tables: dict[str, int]) -> int:
+    value = _scalar(raw).strip()
+    if value.isdigit():
+        num = int(value)
+        if 1 <= num <= 2**32 - 1:
+            return num
+        raise ValueError("table number out of range: must be 1..4294967295")
+    if value in tables:
+        return tables[value]
+    raise ValueError("unknown table name (not a number and not in /etc/iproute2/rt_tables)")
+
+
+def table_name(num: int, tables: dict[str, int] | None = None) -> str:
+    for name, n in (tables or BUILTIN_TABLES).items():
+        if n == num:
+            return name
+    return str(num)
+
+
+# --- the typed model
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    enabled: bool = True
+    log_level: str = "info"
+    poll_interval: float = 2.0
+    handshake_timeout: float = 180.0
+    keep_routes_on_stop: bool = False
+
+
+@dataclass(frozen=True)
+class InterfaceConfig:
+    name: str
+    table: int = 254
+    metric: int = 0
+    route_default: bool = False
+    idle_timeout: float = 0.0  # 0 = off
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    name: str  # the section's label
+    interface: str
+    public_key: str
+    description: str = ""
+    route: bool = True
+    idle_timeout: float | None = None  # None = the interface's
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    agent: AgentConfig = AgentConfig()
+    interfaces: tuple[InterfaceConfig, ...] = ()
+    peers: tuple[PeerConfig, ...] = ()
+    warnings: tuple[str, ...] = ()
+    tables: dict[str, int] = field(default_factory=lambda: dict(BUILTIN_TABLES), compare=False)
+
+    def interface(self, name: str) -> InterfaceConfig | None:
+        for i in self.interfaces:
+            if i.name == name:
+                return i
+        return None
+
+    def peer(self, interface: str, public_key: str) -> PeerConfig | None:
+        for p in self.peers:
+            if p.interface == interface and p.public_key == public_key:
+                return p
+        return None
+
+
+# --- schema: section type -> option -> converter(raw, tables)
+
+Converter = Callable[[Any, dict], Any]
+
+
+def _plain(fn: Callable[[Any], Any]) -> Converter:
+    return lambda raw, tables: fn(raw)
+
+
+SCHEMA: dict[str, dict[str, Converter]] = {
+    "agent": {
+        "enabled": _plain(boolean),
+        "log_level": _plain(choice(*LOG_LEVELS)),
+        "poll_interval": _plain(number(0, 3600, lo_open=True)),
+        "handshake_timeout": _plain(number(0, 86400, lo_open=True)),
+        "keep_routes_on_stop": _plain(boolean),
+    },
+    "interface": {
+        "table": table,
+        "metric": _plain(number(0, 2**32 - 1, integer=True)),
+        "route_default": _plain(boolean),
+        "idle_timeout": _plain(number(0, 86400)),
+    },
+    "peer": {
+        "interface": _plain(ifname),
+        "public_key": _plain(wg_key),
+        "description": _plain(text),
+        "route": _plain(boolean),
+        "idle_timeout": _plain(number(0, 86400)),
+    },
+}
+REQUIRED = {"peer": ("interface", "public_key")}
+
+# YAML top-level keys: key -> (section type, is a single section named 'main')
+YAML_KEYS = {"agent": ("agent", True), "interfaces": ("interface", False), "peers": ("peer", False)}
+
+
+@dataclass
+class RawSection:
+    """A section before validation, from either syntax."""
+
+    type: str
+    label: str
+    options: dict[str, Any]
+
+
+def _convert(path: str, raw: RawSection, tables: dict[str, int], warnings: list[str]) -> dict[str, Any]:
+    schema = SCHEMA[raw.type]
+    values: dict[str, Any] = {}
+    for option, value in raw.options.items():
+        conv = schema.get(option)
+        if conv is None:
+            warnings.append(f"{path}: section '{raw.label}': unknown option '{option}' ignored")
+            continue
+        try:
+            values[option] = conv(value, tables)
+        except ValueError as e:
+            raise ConfigError(path, raw.label, option, value, str(e)) from None
+    for option in REQUIRED.get(raw.type, ()):
+        if option not in values:
+            raise ConfigError(path, raw.label, option, None, "required option is missing")
+    return values
+
+
+def build(path: str, raw_sections: list[RawSection], tables: dict[str, int] | None = None) -> Config:
+    """Validate raw sections into a Config. Raises ConfigError."""
+    tables = read_rt_tables() if tables is None else tables
+    warnings: list[str] = []
+    agent = AgentConfig()
+    interfaces: dict[str, InterfaceConfig] = {}
+    peers: list[PeerConfig] = []
+    agents_seen = 0
+    for raw in raw_sections:
+        if raw.type not in SCHEMA:
+            warnings.append(f"{path}: section '{raw.label}': unknown section type '{raw.type}' ignored")
+            continue
+        values = _convert(path, raw, tables, warnings)
+        if raw.type == "agent":
+            agents_seen += 1
+            if agents_seen > 1:
+                raise ConfigError(path, raw.label, None, None, "only one 'agent' section is allowed")
+            agent = AgentConfig(**values)
+        elif raw.type == "interface":
+            try:
+                name = ifname(raw.label)
+            except ValueError as e:
+                raise ConfigError(path, raw.label, None, None, f"section name: {e}") from None
+            interfaces[name] = InterfaceConfig(name=name, **values)
+        elif raw.type == "peer":
+            peers.append(PeerConfig(name=raw.label, **values))
+    seen: dict[tuple[str, str], str] = {}
+    for p in peers:
+        if p.interface not in interfaces:
+            raise ConfigError(path, p.name, "interface", p.interface, "no 'interface' section of that name")
+        key = (p.interface, p.public_key)
+        if key in seen:
+            raise ConfigError(path, p.name, "public_key", p.public_key,
+                              f"the same peer is already configured in section '{seen[key]}'")
+        seen[key] = p.name
+    return Config(path=path, agent=agent, interfaces=tuple(interfaces.values()), peers=tuple(peers),
+                  warnings=tuple(warnings), tables=tables)
+
+
+def raw_from_uci(path: str, text_: str) -> list[RawSection]:
+    try:
+        sections = uci.parse(text_, path)
+    except uci.UciSyntaxError as e:
+        raise ConfigError(path, None, None, None, f"line {e.line}: {str(e).split(': ', 1)[1]}") from None
+    return [RawSection(s.type, s.label, dict(s.options)) for s in sections]
+
+
+def _yaml_scalar(path: str, label: str, option: str, value: Any) -> Any:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    if isinstance(value, list) and all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in value):
+        return [str(v) for v in value]
+    raise ConfigError(path, label, option, value, "expected a string, a number, a boolean or a list of them")
+
+
+def raw_from_yaml(path: str, text_: str) -> list[RawSection]:
+    import yaml  # only YAML hosts pay for it
+
+    try:
+        doc = yaml.safe_load(text_)
+    except yaml.YAMLError as e:
+        raise ConfigError(path, None, None, None, f"YAML syntax: {e}") from None
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise ConfigError(path, None, None, None, "expected a mapping at the top level")
+    out: list[RawSection] = []
+    for key, body in doc.items():
+        if key not in YAML_KEYS:
+            raise ConfigError(path, str(key), None, None,
+                              "unknown top-level key (expected " + ", ".join(YAML_KEYS) + ")")
+        stype, single = YAML_KEYS[key]
+        groups = {"main": body} if single else body
+        if groups is None:
+            continue
+        if not isinstance(groups, dict):
+            raise ConfigError(path, str(key), None, None, "expected a mapping")
+        for label, opts in groups.items():
+            label = str(label)
+            if opts is None:
+                opts = {}
+            if not isinstance(opts, dict):
+                raise ConfigError(path, label, None, None, "expected a mapping of options")
+            options = {str(k): _yaml_scalar(path, label, str(k), v) for k, v in opts.items() if v != ""}
+            out.append(RawSection(stype, label, options))
+    return out
+
+
+def load(path: str, tables: dict[str, int] | None = None) -> Config:
+    """Read and validate a config file; YAML by extension, UCI otherwise."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            body = f.read()
+    except OSError as e:
+        raise ConfigError(path, None, None, None, f"cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, None, None, None, f"not UTF-8 text: {e}") from None
+    if path.endswith((".yaml", ".yml")):
+        raw = raw_from_yaml(path, body)
+    else:
+        raw = raw_from_uci(path, body)
+    return build(path, raw, tables)
+
+
+def field_names(cls) -> list[str]:
+    return [f.name for f in fields(cls)]

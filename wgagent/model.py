@@ -1,0 +1,72 @@
+"""Plain value types shared by the core and the adapters. No I/O here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# wgagent's rtnetlink protocol number: it tags every route (and rule) wgagent owns,
+# so that a restart can find them and nothing of anybody else's is touched.
+# 152 is not taken in Linux's rtnetlink.h (which ends its list at 192, RTPROT_EIGRP)
+# nor by the usual routing daemons (bird 12, zebra 11, babel 42, keepalived 18,
+# dhcp 16, openr 99, bgp/isis/ospf/rip 186-189). `ip route` shows it as
+# "proto wgagent" once /etc/iproute2/rt_protos.d/wgagent.conf names it.
+RTPROT_WGAGENT = 152
+
+AF_INET = 2
+AF_INET6 = 10
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One WireGuard peer as the backend reported it."""
+
+    public_key: str  # base64, as `wg` prints it
+    allowed_ips: tuple[str, ...] = ()  # normalised prefixes, "10.0.31.5/32"
+    endpoint: str | None = None  # "203.0.113.7:51820" or "[2001:db8::1]:51820"
+    last_handshake: float = 0.0  # unix time; 0 = never
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    keepalive: int = 0  # persistent keepalive interval, seconds; 0 = off
+
+    @property
+    def short_key(self) -> str:
+        return self.public_key[:8]
+
+
+@dataclass(frozen=True)
+class InterfaceState:
+    """What one poll of a WireGuard interface saw. peers is None when unreadable."""
+
+    name: str
+    backend: str  # "kernel" | "uapi" | "" (not a WireGuard interface, or absent)
+    peers: tuple[Peer, ...] | None
+    error: str = ""
+
+
+@dataclass(frozen=True, order=True)
+class Route:
+    """A host route wgagent wants, or holds, in the kernel. Equality is the whole route."""
+
+    table: int
+    dst: str  # network address, e.g. "10.0.31.5" or "fd00::5"
+    prefixlen: int
+    ifname: str
+    metric: int
+
+    @property
+    def family(self) -> int:
+        return AF_INET6 if ":" in self.dst else AF_INET
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.dst}/{self.prefixlen}"
+
+    @property
+    def slot(self) -> tuple[int, str, int]:
+        """Where the route sits: at most one route of ours per (table, prefix)."""
+        return (self.table, self.dst, self.prefixlen)
+
+
+def kernel_metric(family: int, metric: int) -> int:
+    """The metric the kernel stores: IPv6 turns 0 into 1024 (IP6_RT_PRIO_USER)."""
+    return 1024 if family == AF_INET6 and metric == 0 else metric

@@ -1,0 +1,181 @@
+"""rtnetlink: links, routes, and change events.
+
+Requests go through pyroute2's IPRoute. Events come from a plain netlink socket
+of our own, bound to the link, address, route and rule groups: the daemon only
+needs to know *that* something changed, so it reads message headers and never
+pays for pyroute2's full decoding of every event.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from dataclasses import dataclass
+
+from .model import AF_INET, AF_INET6, RTPROT_WGAGENT, Route
+
+RT_TABLE_MAIN = 254
+RTN_UNICAST = 1
+
+# rtnetlink message types and multicast groups (linux/rtnetlink.h)
+RTM_NEWLINK, RTM_DELLINK = 16, 17
+RTM_NEWADDR, RTM_DELADDR = 20, 21
+RTM_NEWROUTE, RTM_DELROUTE = 24, 25
+RTM_NEWRULE, RTM_DELRULE = 32, 33
+GROUPS = (1, 5, 7, 8, 9, 11, 19)  # LINK, IPV4_IFADDR, IPV4_ROUTE, IPV4_RULE, IPV6_IFADDR, IPV6_ROUTE, IPV6_RULE
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
+FRA_PROTOCOL = 21
+NLMSG_HDR = struct.Struct("=IHHII")
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    name: str
+    kind: str  # IFLA_INFO_KIND: "wireguard", "tun", "veth", ...; "" if none
+    up: bool
+
+
+class Rtnl:
+    def __init__(self):
+        from pyroute2 import IPRoute  # deferred: `wgagent check` never needs it
+
+        self.ipr = IPRoute()
+
+    def close(self):
+        self.ipr.close()
+
+    def links(self) -> dict[str, Link]:
+        out = {}
+        for msg in self.ipr.get_links():
+            name = msg.get_attr("IFLA_IFNAME")
+            kind = ""
+            info = msg.get_attr("IFLA_LINKINFO")
+            if info is not None:
+                kind = info.get_attr("IFLA_INFO_KIND") or ""
+            out[name] = Link(msg["index"], name, kind, bool(msg["flags"] & 1))
+        return out
+
+    def routes(self, index_to_name: dict[int, str]) -> tuple[list[Route], dict[tuple[int, str, int], int]]:
+        """(routes we own, {(table, dst, prefixlen): protocol} of unicast routes of others)."""
+        owned: list[Route] = []
+        foreign: dict[tuple[int, str, int], int] = {}
+        for family in (AF_INET, AF_INET6):
+            for msg in self.ipr.route("dump", family=family):
+                if msg["type"] != RTN_UNICAST:
+                    continue
+                tbl = msg.get_attr("RTA_TABLE") or msg["table"]
+                dst = msg.get_attr("RTA_DST") or ("::" if family == AF_INET6 else "0.0.0.0")
+                plen = msg["dst_len"]
+                if msg["proto"] == RTPROT_WGAGENT:
+                    oif = msg.get_attr("RTA_OIF")
+                    metric = msg.get_attr("RTA_PRIORITY") or 0
+                    owned.append(Route(tbl, dst, plen, index_to_name.get(oif, f"if{oif}"), metric))
+                else:
+                    foreign.setdefault((tbl, dst, plen), msg["proto"])
+        return owned, foreign
+
+    def _route(self, cmd: str, route: Route, index: int):
+        self.ipr.route(cmd, family=route.family, dst=route.dst, dst_len=route.prefixlen, oif=index,
+                       table=route.table, priority=route.metric, proto=RTPROT_WGAGENT,
+                       scope=253, type=RTN_UNICAST)  # scope link: a device route, no gateway
+
+    def add_route(self, route: Route, index: int) -> bool:
+        """Install; False if an identical route is already there (a race, not an error)."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            self._route("add", route, index)
+        except NetlinkError as e:
+            if e.code == errno.EEXIST:
+                return False
+            raise
+        return True
+
+    def delete_route(self, route: Route, index: int | None) -> bool:
+        """Remove; False if it was already gone."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            if index is None:
+                self.ipr.route("del", family=route.family, dst=route.dst, dst_len=route.prefixlen,
+                               table=route.table, priority=route.metric, proto=RTPROT_WGAGENT)
+            else:
+                self._route("del", route, index)
+        except NetlinkError as e:
+            if e.code in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
+                return False
+            raise
+        return True
+
+
+class RtnlEvents:
+    """A netlink socket that wakes the daemon when links, addresses, routes or rules
+    change. It subscribes before the daemon's first dump, so nothing is missed
+    between the two; an overrun (ENOBUFS) is reported as a change: resync."""
+
+    def __init__(self):
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+                          socket.NETLINK_ROUTE)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        s.bind((0, 0))
+        for group in GROUPS:
+            s.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+        self.sock = s
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self):
+        self.sock.close()
+
+    def drain(self) -> bool:
+        """Read everything pending; True if any of it is somebody else's change."""
+        changed = False
+        while True:
+            try:
+                data = self.sock.recv(1 << 16)
+            except BlockingIOError:
+                return changed
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    changed = True
+                    continue
+                raise
+            changed = changed or relevant(data)
+
+
+def relevant(data: bytes) -> bool:
+    """Does a batch of rtnetlink messages hold a change that is not our own echo?
+    Our own additions (RTM_NEWROUTE/NEWRULE with our protocol) are not news."""
+    off = 0
+    while off + NLMSG_HDR.size <= len(data):
+        length, mtype, _flags, _seq, _pid = NLMSG_HDR.unpack_from(data, off)
+        if length < NLMSG_HDR.size:
+            break
+        body = off + NLMSG_HDR.size
+        if mtype == RTM_NEWROUTE:
+            # struct rtmsg: family, dst_len, src_len, tos, table, protocol, ...
+            if data[body + 5] != RTPROT_WGAGENT:
+                return True
+        elif mtype == RTM_NEWRULE:
+            if _rule_protocol(data, body, off + length) != RTPROT_WGAGENT:
+                return True
+        elif mtype in (RTM_NEWLINK, RTM_DELLINK, RTM_NEWADDR, RTM_DELADDR, RTM_DELROUTE, RTM_DELRULE):
+            return True
+        off += (length + 3) & ~3
+    return False
+
+
+def _rule_protocol(data: bytes, body: int, end: int) -> int:
+    off = body + 12  # struct fib_rule_hdr
+    while off + 4 <= end:
+        alen, atype = struct.unpack_from("=HH", data, off)
+        if alen < 4:
+            break
+        if atype & 0x3FFF == FRA_PROTOCOL:
+            return data[off + 4]
+        off += (alen + 3) & ~3
+    return -1
