@@ -360,7 +360,7 @@ def raw_from_yaml(path: str, text_: str) -> list[RawSection]:
             raise ConfigError(path, str(key), None, None,
                               "unknown top-level key (expected " + ", ".join(YAML_KEYS) + ")")
         stype, single = YAML_KEYS[key]
-        groups = {"main": body} if single else body
+        groups = {key: body} if single else body  # YAML names the agent section "agent"
         if groups is None:
             continue
         if not isinstance(groups, dict):

@@ -1,0 +1,171 @@
+"""Config loading and validation: every error names file, section, option and value."""
+
+import textwrap
+
+import pytest
+
+from wgagent import config
+from wgagent.config import ConfigError
+
+KEY = "e++EP53PQnMQhMcJ0dJd9cvnGIl+gxJEx9a8EtSJuCY="
+TABLES = {"main": 254, "local": 255, "default": 253, "wan": 100}
+
+
+def load_text(tmp_path, body: str, name: str = "wgagent"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return config.load(str(path), TABLES)
+
+
+def test_defaults_and_full_uci(tmp_path):
+    cfg = load_text(tmp_path, f"""
+        config agent 'main'
+            option enabled '1'
+            option log_level 'debug'
+            option poll_interval '0.5'
+            option handshake_timeout '120'
+            option keep_routes_on_stop 'yes'
+
+        config interface 'wg0'
+            option table 'wan'
+            option metric '10'
+            option route_default '1'
+            option idle_timeout '5'
+
+        config interface 'wg1'
+
+        config peer 'phone'
+            option interface 'wg0'
+            option public_key '{KEY}'
+            option description 'Bob''s phone'
+            option route '0'
+            option idle_timeout '7'
+    """)
+    assert cfg.agent == config.AgentConfig(True, "debug", 0.5, 120.0, True)
+    assert cfg.interface("wg0") == config.InterfaceConfig("wg0", 100, 10, True, 5.0)
+    assert cfg.interface("wg1") == config.InterfaceConfig("wg1")
+    assert cfg.peer("wg0", KEY) == config.PeerConfig("phone", "wg0", KEY, "Bobs phone", False, 7.0)
+    assert cfg.warnings == ()
+
+
+def test_yaml_maps_to_the_same_model(tmp_path):
+    cfg = load_text(tmp_path, f"""
+        agent:
+          poll_interval: 0.5
+          keep_routes_on_stop: true
+        interfaces:
+          wg0:
+            table: 100
+            metric: 10
+            idle_timeout: 5
+          wg1: {{}}
+        peers:
+          phone:
+            interface: wg0
+            public_key: "{KEY}"
+    """, "config.yaml")
+    assert cfg.agent.poll_interval == 0.5 and cfg.agent.keep_routes_on_stop is True
+    assert cfg.interface("wg0") == config.InterfaceConfig("wg0", 100, 10, False, 5.0)
+    assert cfg.interface("wg1") == config.InterfaceConfig("wg1")
+    assert cfg.peer("wg0", KEY).name == "phone"
+
+
+def test_unknown_options_and_sections_are_warned_about(tmp_path):
+    cfg = load_text(tmp_path, """
+        config interface 'wg0'
+            option tabel 'main'
+        config frobnicator 'x'
+    """)
+    assert any("unknown option 'tabel'" in w and "section 'wg0'" in w for w in cfg.warnings)
+    assert any("unknown section type 'frobnicator'" in w for w in cfg.warnings)
+
+
+BAD = [
+    # (section type + name, option, bad value, part of the message)
+    ("agent 'main'", "enabled", "maybe", "boolean"),
+    ("agent 'main'", "log_level", "loud", "one of debug, info, warning, error"),
+    ("agent 'main'", "poll_interval", "0", "out of range"),
+    ("agent 'main'", "poll_interval", "-1", "out of range"),
+    ("agent 'main'", "poll_interval", "fast", "expected a number"),
+    ("agent 'main'", "poll_interval", "nan", "finite"),
+    ("agent 'main'", "handshake_timeout", "0", "out of range"),
+    ("agent 'main'", "handshake_timeout", "1e9", "out of range"),
+    ("agent 'main'", "keep_routes_on_stop", "2", "boolean"),
+    ("interface 'wg0'", "table", "nosuchtable", "unknown table name"),
+    ("interface 'wg0'", "table", "0", "out of range"),
+    ("interface 'wg0'", "table", "4294967296", "out of range"),
+    ("interface 'wg0'", "metric", "-1", "out of range"),
+    ("interface 'wg0'", "metric", "1.5", "integer"),
+    ("interface 'wg0'", "metric", "4294967296", "out of range"),
+    ("interface 'wg0'", "route_default", "sometimes", "boolean"),
+    ("interface 'wg0'", "idle_timeout", "-5", "out of range"),
+    ("interface 'wg0'", "idle_timeout", "soon", "expected a number"),
+]
+
+
+@pytest.mark.parametrize("section,option,value,message", BAD, ids=[f"{b[1]}={b[2]}" for b in BAD])
+def test_bad_value_names_file_section_option_value(tmp_path, section, option, value, message):
+    with pytest.raises(ConfigError) as err:
+        load_text(tmp_path, f"config {section}\n\toption {option} '{value}'\n")
+    text = str(err.value)
+    label = section.split("'")[1]
+    assert str(tmp_path / "wgagent") in text
+    assert f"section '{label}'" in text and f"option '{option}'" in text and repr(value) in text
+    assert message in text
+    assert (err.value.section, err.value.option, err.value.value) == (label, option, value)
+
+
+def test_list_where_a_single_value_is_expected(tmp_path):
+    with pytest.raises(ConfigError, match="option 'metric'.*single value"):
+        load_text(tmp_path, "config interface 'wg0'\n\tlist metric '1'\n\tlist metric '2'\n")
+
+
+@pytest.mark.parametrize("body,fragment", [
+    (f"config peer 'p'\n\toption public_key '{KEY}'\n", "option 'interface'.*required"),
+    ("config interface 'wg0'\nconfig peer 'p'\n\toption interface 'wg0'\n", "option 'public_key'.*required"),
+    ("config interface 'wg0'\nconfig peer 'p'\n\toption interface 'wg0'\n\toption public_key 'abc'\n",
+     "option 'public_key', value 'abc'.*not a WireGuard key"),
+    (f"config interface 'wg0'\nconfig peer 'p'\n\toption interface 'wg9'\n\toption public_key '{KEY}'\n",
+     "section 'p', option 'interface', value 'wg9'.*no 'interface' section"),
+    (f"config interface 'wg0'\nconfig peer 'p'\n\toption interface 'wg0'\n\toption public_key '{KEY}'\n"
+     f"config peer 'q'\n\toption interface 'wg0'\n\toption public_key '{KEY}'\n",
+     "section 'q', option 'public_key'.*already configured in section 'p'"),
+    (f"config interface 'wg0'\nconfig peer 'p'\n\toption interface 'wg/0'\n\toption public_key '{KEY}'\n",
+     "option 'interface', value 'wg/0'.*interface name"),
+    ("config interface 'averyveryverylongname'\n", "section 'averyveryverylongname'.*interface name"),
+    ("config agent 'a'\nconfig agent 'b'\n", "section 'b'.*only one 'agent'"),
+    ("config interface 'wg0'\n\toption table 'main\n", "line 2"),
+    ("option x 'y'\n", "line 1: option found before the first section"),
+])
+def test_structural_errors(tmp_path, body, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_text(tmp_path, body)
+
+
+@pytest.mark.parametrize("body,fragment", [
+    ("agent: [1, 2]\n", "section 'agent'.*mapping of options"),
+    ("interfaces:\n  wg0:\n    table: {a: 1}\n", "section 'wg0', option 'table'.*expected a string"),
+    ("routers: {}\n", "section 'routers'.*unknown top-level key"),
+    ("- a\n", "mapping at the top level"),
+    ("agent: {poll_interval: [\n", "YAML syntax"),
+    ("interfaces:\n  wg0:\n    metric: -3\n", "section 'wg0', option 'metric', value '-3'"),
+    ("interfaces:\n  wg0:\n    route_default: 7\n", "option 'route_default', value '7'.*boolean"),
+])
+def test_yaml_errors(tmp_path, body, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_text(tmp_path, body, "c.yaml")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        config.load(str(tmp_path / "absent"), TABLES)
+
+
+def test_rt_tables_names(tmp_path):
+    rt = tmp_path / "rt_tables"
+    rt.write_text("# comment\n255 local\n100\twan  # the uplink\nbad line\n0x20 hex\n")
+    (tmp_path / "rt_tables.d").mkdir()
+    (tmp_path / "rt_tables.d" / "vpn.conf").write_text("200 vpn\n")
+    tables = config.read_rt_tables((str(rt),))
+    assert tables["wan"] == 100 and tables["vpn"] == 200 and tables["hex"] == 32 and tables["main"] == 254
+    assert config.table_name(100, tables) == "wan" and config.table_name(7, tables) == "7"

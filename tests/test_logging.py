@@ -1,0 +1,45 @@
+"""Log lines as a syslog daemon (OpenWrt's logd on /dev/log) receives them."""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import structlog
+
+from wgagent import log
+
+
+def test_syslog_datagrams_have_ident_pid_priority_and_logfmt(tmp_path):
+    path = str(tmp_path / "log.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(path)
+    server.settimeout(5)
+    code = ("import os; from wgagent import log; log.setup('info', 'auto'); l = log.get();"
+            "l.info('route_added', iface='wg0', prefixes='10.0.31.5/32', peer='abc (phone)');"
+            "l.debug('hidden'); l.warning('route_conflict', prefix='10.0.31.6/32'); print(os.getpid())")
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, WGAGENT_SYSLOG_SOCKET=path),
+                         capture_output=True, text=True, check=True)
+    pid = out.stdout.strip()
+    first = server.recv(4096).decode()
+    second = server.recv(4096).decode()
+    server.close()
+    # daemon facility (3): info = <30>, warning = <28>; "Mmm dd hh:mm:ss ident[pid]: "
+    assert re.match(r"<30>[A-Z][a-z]{2} [ 0-9]\d \d\d:\d\d:\d\d wgagent\[" + pid + r"\]: ", first), first
+    assert first.endswith('event=route_added iface=wg0 prefixes=10.0.31.5/32 peer="abc (phone)"')
+    assert second.startswith("<28>") and second.endswith("event=route_conflict prefix=10.0.31.6/32")
+    assert out.stderr == ""  # nothing twice: syslog only
+
+
+def test_stderr_without_syslog(tmp_path, capsys):
+    os.environ["WGAGENT_SYSLOG_SOCKET"] = str(tmp_path / "absent")
+    try:
+        log.setup("warning", "auto")
+        log.get().info("quiet")
+        log.get().warning("loud", x=1)
+    finally:
+        del os.environ["WGAGENT_SYSLOG_SOCKET"]
+        structlog.reset_defaults()
+    err = capsys.readouterr().err
+    assert "quiet" not in err and "warning event=loud x=1" in err

@@ -1,0 +1,136 @@
+"""The pure core, table-driven: presence, desired routes, plans. No root."""
+
+import pytest
+
+from wgagent import config
+from wgagent.model import InterfaceState, Peer, Route
+from wgagent.policy import (EXPIRED, IDLE, NEVER, UP, Activity, desired_state, plan_routes, presence,
+                            track_activity)
+
+K1 = "A" * 43 + "="
+K2 = "B" * 43 + "="
+NOW = 1_700_000_000.0
+
+
+def cfg(**iface):
+    return config.Config(path="t", interfaces=(config.InterfaceConfig("wg0", **iface),))
+
+
+PRESENCE = [
+    # name, last handshake age (None=never), handshake_timeout, idle_timeout, seconds since rx grew, expected
+    ("never", None, 180, 0, None, (False, NEVER)),
+    ("fresh", 5, 180, 0, None, (True, UP)),
+    ("just under timeout", 179.9, 180, 0, None, (True, UP)),
+    ("at timeout", 180, 180, 0, None, (False, EXPIRED)),
+    ("expired", 500, 180, 0, None, (False, EXPIRED)),
+    ("future stamp (clock stepped back)", -30, 180, 0, None, (True, UP)),
+    ("idle off ignores silence", 5, 180, 0, 1000, (True, UP)),
+    ("idle on, rx grew recently", 5, 180, 10, 3, (True, UP)),
+    ("idle on, silent too long", 5, 180, 10, 10, (False, IDLE)),
+    ("expired wins over idle", 200, 180, 10, 50, (False, EXPIRED)),
+    ("idle on but no history yet", 5, 180, 10, None, (True, UP)),
+]
+
+
+@pytest.mark.parametrize("name,age,hs_timeout,idle,quiet,expected", PRESENCE, ids=[p[0] for p in PRESENCE])
+def test_presence(name, age, hs_timeout, idle, quiet, expected):
+    peer = Peer(K1, last_handshake=0.0 if age is None else NOW - age)
+    activity = None if quiet is None else Activity(100, 1000.0 - quiet)
+    assert presence(peer, NOW, hs_timeout, idle, activity, 1000.0) == expected
+
+
+def test_track_activity_keeps_since_while_rx_unchanged_and_history_of_unreadable():
+    s1 = InterfaceState("wg0", "uapi", (Peer(K1, rx_bytes=10), Peer(K2, rx_bytes=5)))
+    a = track_activity({}, [s1], 100.0)
+    assert a[("wg0", K1)] == Activity(10, 100.0)
+    s2 = InterfaceState("wg0", "uapi", (Peer(K1, rx_bytes=10), Peer(K2, rx_bytes=9)))
+    b = track_activity(a, [s2], 105.0)
+    assert b[("wg0", K1)] == Activity(10, 100.0)  # unchanged: since stays
+    assert b[("wg0", K2)] == Activity(9, 105.0)  # grew: since moves
+    c = track_activity(b, [InterfaceState("wg0", "uapi", None, "boom")], 110.0)
+    assert c == b  # unreadable: history kept
+    d = track_activity(b, [InterfaceState("wg0", "uapi", (Peer(K2, rx_bytes=9),))], 111.0)
+    assert ("wg0", K1) not in d  # a removed peer is forgotten
+
+
+def up(key, ips, age=1.0, **kw):
+    return Peer(key, tuple(ips), last_handshake=NOW - age, **kw)
+
+
+DESIRED = [
+    ("v4 and v6 host routes",
+     dict(), [up(K1, ["10.0.31.5/32", "fd31::5/128"])],
+     {Route(254, "10.0.31.5", 32, "wg0", 0), Route(254, "fd31::5", 128, "wg0", 1024)}),
+    ("down peer has no route",
+     dict(), [Peer(K1, ("10.0.31.5/32",), last_handshake=NOW - 500)], set()),
+    ("never handshaken", dict(), [Peer(K1, ("10.0.31.5/32",))], set()),
+    ("default routes skipped",
+     dict(), [up(K1, ["0.0.0.0/0", "::/0", "10.0.31.5/32"])], {Route(254, "10.0.31.5", 32, "wg0", 0)}),
+    ("default routes kept with route_default",
+     dict(route_default=True), [up(K1, ["0.0.0.0/0", "::/0"])],
+     {Route(254, "0.0.0.0", 0, "wg0", 0), Route(254, "::", 0, "wg0", 1024)}),
+    ("table and metric", dict(table=100, metric=7), [up(K1, ["192.168.36.0/24"])],
+     {Route(100, "192.168.36.0", 24, "wg0", 7)}),
+    ("v6 metric as the kernel stores it", dict(metric=5), [up(K1, ["fd31::/64"])],
+     {Route(254, "fd31::", 64, "wg0", 5)}),
+    ("same prefix twice: newer handshake wins",
+     dict(), [up(K1, ["10.0.31.9/32"], age=50), up(K2, ["10.0.31.9/32"], age=3)],
+     {Route(254, "10.0.31.9", 32, "wg0", 0)}),
+]
+
+
+@pytest.mark.parametrize("name,iface,peers,expected", DESIRED, ids=[d[0] for d in DESIRED])
+def test_desired_routes(name, iface, peers, expected):
+    d = desired_state(cfg(**iface), [InterfaceState("wg0", "uapi", tuple(peers))], NOW, {}, 0.0)
+    assert set(d.routes) == expected
+
+
+def test_newer_handshake_owns_a_shared_prefix():
+    peers = (up(K1, ["10.0.31.9/32"], age=50), up(K2, ["10.0.31.9/32"], age=3))
+    d = desired_state(cfg(), [InterfaceState("wg0", "uapi", peers)], NOW, {}, 0.0)
+    assert [v.peer.public_key for v in d.routes.values()] == [K2]
+
+
+def test_unconfigured_interfaces_and_unreadable_ones():
+    states = [InterfaceState("wg9", "uapi", (up(K1, ["10.0.0.1/32"]),)),
+              InterfaceState("wg0", "uapi", None, "socket gone")]
+    d = desired_state(cfg(), states, NOW, {}, 0.0)
+    assert d.routes == {} and d.frozen == {"wg0"} and d.verdicts == []
+
+
+def test_peer_section_overrides():
+    c = config.Config(path="t", interfaces=(config.InterfaceConfig("wg0", idle_timeout=0),),
+                      peers=(config.PeerConfig("p1", "wg0", K1, "phone", route=True, idle_timeout=5),
+                             config.PeerConfig("p2", "wg0", K2, "", route=False)))
+    peers = (up(K1, ["10.0.31.5/32"]), up(K2, ["10.0.31.6/32"]))
+    act = {("wg0", K1): Activity(0, 0.0), ("wg0", K2): Activity(0, 0.0)}
+    d = desired_state(c, [InterfaceState("wg0", "uapi", peers)], NOW, act, 100.0)
+    by_key = {v.peer.public_key: v for v in d.verdicts}
+    assert by_key[K1].reason == IDLE and not by_key[K1].up and by_key[K1].label == f"{K1[:8]}(phone)"
+    assert by_key[K2].up and by_key[K2].routes == ()  # route '0': up, but no route
+    assert d.routes == {}
+
+
+R1 = Route(254, "10.0.31.5", 32, "wg0", 0)
+R2 = Route(254, "10.0.31.6", 32, "wg0", 0)
+R1_METRIC = Route(254, "10.0.31.5", 32, "wg0", 9)
+R_WG1 = Route(254, "10.0.40.1", 32, "wg1", 0)
+
+PLANS = [
+    # name, desired, owned, foreign, frozen, add, delete, conflicts
+    ("nothing to do", {R1}, {R1}, {}, (), [], [], []),
+    ("add missing", {R1, R2}, {R1}, {}, (), [R2], [], []),
+    ("remove stale", {R1}, {R1, R2}, {}, (), [], [R2], []),
+    ("metric changed: replace", {R1_METRIC}, {R1}, {}, (), [R1_METRIC], [R1], []),
+    ("foreign route holds the slot", {R1}, set(), {(254, "10.0.31.5", 32): 4}, (), [], [], [(R1, 4)]),
+    ("foreign slot: ours goes", {R1}, {R1}, {(254, "10.0.31.5", 32): 4}, (), [], [R1], [(R1, 4)]),
+    ("foreign route in another table is no conflict", {R1}, set(), {(100, "10.0.31.5", 32): 4}, (), [R1], [], []),
+    ("frozen interface keeps its routes", set(), {R_WG1, R1}, {}, ("wg1",), [], [R1], []),
+]
+
+
+@pytest.mark.parametrize("name,desired,owned,foreign,frozen,add,delete,conflicts", PLANS, ids=[p[0] for p in PLANS])
+def test_plan(name, desired, owned, foreign, frozen, add, delete, conflicts):
+    plan = plan_routes(desired, owned, foreign, frozen)
+    assert (plan.add, plan.delete, plan.conflicts) == (add, delete, conflicts)
+    assert bool(plan) == bool(add or delete)

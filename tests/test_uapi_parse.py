@@ -1,0 +1,75 @@
+"""UAPI answers (the cross-platform userspace protocol) parsed into peers. No root."""
+
+import base64
+import struct
+
+import pytest
+
+from wgagent import rtnl, wg_uapi
+from wgagent.model import RTPROT_WGAGENT
+
+HEX1 = "58402e695ba1772b1cc9309755f043251ea77fdcf10fbe63989ceae59e2b1c47"
+HEX2 = "662e14fd594556f522604703340351258903b64f35553763f19426ab2a515c58"
+KEY1 = base64.b64encode(bytes.fromhex(HEX1)).decode()
+
+ANSWER = (f"private_key=e84b5a6d2717c1003a13b431570353dbaca9146cf150c5f8575680feba52027a\n"
+          f"listen_port=12912\n"
+          f"public_key={HEX1}\n"
+          f"preshared_key=0000000000000000000000000000000000000000000000000000000000000000\n"
+          f"protocol_version=1\n"
+          f"endpoint=[abcd:23::33%2]:51820\n"
+          f"last_handshake_time_sec=1700000000\nlast_handshake_time_nsec=500000000\n"
+          f"tx_bytes=38333\nrx_bytes=2224\npersistent_keepalive_interval=25\n"
+          f"allowed_ip=192.168.4.4/32\nallowed_ip=fd00:0:0::4/128\n"
+          f"public_key={HEX2}\nendpoint=182.122.22.19:3233\n"
+          f"last_handshake_time_sec=0\nlast_handshake_time_nsec=0\n"
+          f"tx_bytes=0\nrx_bytes=0\npersistent_keepalive_interval=0\n"
+          f"allowed_ip=10.0.0.0/8\n"
+          f"errno=0\n\n").encode()
+
+
+def test_parse_peers():
+    p1, p2 = wg_uapi.parse(ANSWER)
+    assert p1.public_key == KEY1 and p1.short_key == KEY1[:8]
+    assert p1.allowed_ips == ("192.168.4.4/32", "fd00::4/128")
+    assert p1.endpoint == "[abcd:23::33%2]:51820"
+    assert p1.last_handshake == 1700000000.5
+    assert (p1.rx_bytes, p1.tx_bytes, p1.keepalive) == (2224, 38333, 25)
+    assert p2.last_handshake == 0 and p2.allowed_ips == ("10.0.0.0/8",) and p2.endpoint == "182.122.22.19:3233"
+
+
+def test_no_peers():
+    assert wg_uapi.parse(b"private_key=00\nlisten_port=1\nerrno=0\n\n") == ()
+
+
+@pytest.mark.parametrize("answer,fragment", [
+    (b"errno=19\n\n", "errno=19"),
+    (b"public_key=" + HEX1.encode() + b"\n", "without errno"),
+    (b"public_key=abcd\nerrno=0\n\n", "bad UAPI value"),
+    (b"public_key=" + HEX1.encode() + b"\nrx_bytes=lots\nerrno=0\n\n", "bad UAPI value"),
+    (b"garbage\nerrno=0\n\n", "malformed"),
+])
+def test_errors(answer, fragment):
+    with pytest.raises(wg_uapi.UapiError, match=fragment):
+        wg_uapi.parse(answer)
+
+
+def _nlmsg(mtype: int, body: bytes) -> bytes:
+    return struct.pack("=IHHII", 16 + len(body), mtype, 0, 0, 0) + body
+
+
+def _rtmsg(proto: int) -> bytes:
+    return bytes([2, 32, 0, 0, 254, proto, 0, 1]) + b"\0" * 4
+
+
+def test_event_filter_ignores_only_our_own_additions():
+    assert not rtnl.relevant(_nlmsg(rtnl.RTM_NEWROUTE, _rtmsg(RTPROT_WGAGENT)))
+    assert rtnl.relevant(_nlmsg(rtnl.RTM_NEWROUTE, _rtmsg(4)))
+    assert rtnl.relevant(_nlmsg(rtnl.RTM_DELROUTE, _rtmsg(RTPROT_WGAGENT)))
+    assert rtnl.relevant(_nlmsg(rtnl.RTM_NEWLINK, b"\0" * 16))
+    ours = _nlmsg(rtnl.RTM_NEWROUTE, _rtmsg(RTPROT_WGAGENT))
+    assert rtnl.relevant(ours + _nlmsg(rtnl.RTM_DELADDR, b"\0" * 8))
+    rule_attr = struct.pack("=HHB3x", 5, rtnl.FRA_PROTOCOL, RTPROT_WGAGENT)
+    assert not rtnl.relevant(_nlmsg(rtnl.RTM_NEWRULE, b"\0" * 12 + rule_attr))
+    other = struct.pack("=HHB3x", 5, rtnl.FRA_PROTOCOL, 3)
+    assert rtnl.relevant(_nlmsg(rtnl.RTM_NEWRULE, b"\0" * 12 + other))
