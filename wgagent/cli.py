@@ -53,22 +53,17 @@ def cmd_run(args) -> int:
 
 def gather_status(cfg) -> dict:
     """What the kernel holds now, read without the daemon's memory."""
-    from .policy import desired_state
+    from .daemon import Daemon
     from .rtnl import Rtnl
     from .wgsource import PeerSources
 
     rtnl, sources = Rtnl(), PeerSources()
     try:
-        links = rtnl.links()
-        states = [sources.read(i.name, links.get(i.name)) for i in cfg.interfaces]
-        owned, foreign = rtnl.routes({link.index: name for name, link in links.items()})
+        states, desired, view, problems = Daemon(cfg, rtnl, sources).snapshot()
     finally:
         sources.close()
         rtnl.close()
-    now = time.time()
-    desired = desired_state(cfg, states, now, {}, time.monotonic())
-    owned_set = set(owned)
-    out = {"interfaces": [], "conflicts": []}
+    out = {"interfaces": [], "conflicts": [], "return_paths": [], "problems": problems}
     for state in states:
         iface = cfg.interface(state.name)
         entry = {"name": state.name, "backend": state.backend or None, "error": state.error or None,
@@ -82,17 +77,31 @@ def gather_status(cfg) -> dict:
                 "handshake_age": None if v.handshake_age is None else round(v.handshake_age, 1),
                 "up": v.up, "reason": v.reason, "rx_bytes": v.peer.rx_bytes, "tx_bytes": v.peer.tx_bytes,
                 "allowed_ips": list(v.peer.allowed_ips),
-                "routes": [r.prefix for r in v.routes if r in owned_set],
+                "routes": [r.prefix for r in v.routes if r in view.owned],
+                "rules": [r.describe() for r in v.rules if r in view.rules],
             })
         out["interfaces"].append(entry)
     for v in desired.verdicts:
         for r in v.routes:
-            proto = foreign.get(r.slot)
+            proto = view.foreign.get(r.slot)
             if proto is not None:
                 out["conflicts"].append({"interface": v.interface, "prefix": r.prefix,
                                          "table": config_mod.table_name(r.table, cfg.tables), "proto": proto})
-    described = {r for v in desired.verdicts for r in v.routes}
-    out["other_owned_routes"] = [f"{r.prefix} dev {r.ifname} table {r.table}" for r in sorted(owned_set - described)]
+    for rp, p in zip(cfg.return_paths, view.paths):
+        out["return_paths"].append({
+            "name": rp.name, "device": p.device or None, "present": p.present, "error": p.error or None,
+            "table": config_mod.table_name(rp.table, cfg.tables),
+            "addresses": [f"{a}/{n}" for a, n in p.addresses],
+            "gateways": list(rp.gateways) or [gw for _, gw in p.learned_gateways],
+            "rules": sorted(r.describe() for r, who in desired.rules.items()
+                            if who == f"return_path {rp.name}" and r in view.rules),
+            "routes": sorted(f"{r.prefix}" + (f" via {r.gateway}" if r.gateway else "") + f" dev {r.ifname}"
+                             for r, who in desired.path_routes.items()
+                             if who == f"return_path {rp.name}" and r in view.owned),
+        })
+    described = set(desired.routes) | set(desired.path_routes) | {r for v in desired.verdicts for r in v.routes}
+    out["other_owned_routes"] = [f"{r.prefix} dev {r.ifname} table {r.table}" for r in sorted(view.owned - described)]
+    out["owned_rules"] = sorted(r.describe() for r in view.rules)
     return out
 
 
@@ -109,6 +118,16 @@ def _print_status(st: dict):
             print(f"  peer {name}  {state}  handshake {age}  endpoint {p['endpoint'] or '-'}")
             print(f"    allowed ips: {', '.join(p['allowed_ips']) or '-'}")
             print(f"    routes:      {', '.join(p['routes']) or '-'}")
+            if p["rules"]:
+                print(f"    rules:       {'; '.join(p['rules'])}")
+    for rp in st["return_paths"]:
+        state = "ok" if rp["present"] else f"down: {rp['error']}"
+        print(f"return path {rp['name']} (device {rp['device'] or '-'}, table {rp['table']}): {state}")
+        print(f"  addresses: {', '.join(rp['addresses']) or '-'}   gateways: {', '.join(rp['gateways']) or '-'}")
+        for line in rp["rules"] + rp["routes"]:
+            print(f"  {line}")
+    for problem in st["problems"]:
+        print(f"problem: {problem}")
     for c in st["conflicts"]:
         print(f"conflict: {c['prefix']} in table {c['table']} is held by protocol {c['proto']} ({c['interface']})")
     for r in st["other_owned_routes"]:
@@ -132,21 +151,13 @@ def cmd_check(args) -> int:
     for w in cfg.warnings:
         print(f"warning: {w}")
     try:
-        from .rtnl import Rtnl
-        from .wgsource import PeerSources
-
-        rtnl, sources = Rtnl(), PeerSources()
-        links = rtnl.links()
-        for iface in cfg.interfaces:
-            link = links.get(iface.name)
-            if link is not None and not sources.backend(iface.name, link):
-                print(f"problem: interface {iface.name} is not a WireGuard interface (kind {link.kind or 'none'})")
-                problems += 1
-            elif link is None:
-                print(f"note: interface {iface.name} does not exist yet; wgagent waits for it")
-        sources.close()
-        rtnl.close()
         st = gather_status(cfg)
+        for entry in st["interfaces"]:
+            if entry["error"] == "interface does not exist":
+                print(f"note: interface {entry['name']} does not exist yet; wgagent waits for it")
+            elif not entry["backend"]:
+                print(f"problem: interface {entry['name']}: {entry['error']}")
+                problems += 1
         for c in st["conflicts"]:
             print(f"problem: {c['prefix']} (table {c['table']}, {c['interface']}) is already routed by protocol "
                   f"{c['proto']}; set option route_allowed_ips '0' on the wireguard_{c['interface']} peers "

@@ -13,7 +13,7 @@ import binascii
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import uci
@@ -126,6 +126,14 @@ def prefix(raw: str) -> str:
         raise ValueError(f"not an IP prefix ({e})") from None
 
 
+def ip_address(raw: str) -> str:
+    value = _scalar(raw)
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError("not an IP address") from None
+
+
 def read_rt_tables(paths: tuple[str, ...] = RT_TABLES) -> dict[str, int]:
     """Table names from iproute2's rt_tables (and rt_tables.d/*.conf)."""
     names = dict(BUILTIN_TABLES)
@@ -169,6 +177,21 @@ def table_name(num: int, tables: dict[str, int] | None = None) -> str:
     return str(num)
 
 
+_UCI_NAME = re.compile(r"[A-Za-z0-9_]+\Z")
+
+
+def uci_name(raw: str) -> str:
+    value = _scalar(raw)
+    if not _UCI_NAME.match(value):
+        raise ValueError("not a netifd interface name ([A-Za-z0-9_])")
+    return value
+
+
+# wgagent's ip rule band: rule_priority .. rule_priority + RULE_BAND - 1. The default,
+# 5000, is clear of mwan3 (1000-3999), netifd (10000, 20000, 90000+) and pbr (30000+).
+RULE_BAND = 1000
+RULE_PRIORITY_MAX = 32765 - RULE_BAND  # the main table's rule sits at 32766
+
 # --- the typed model
 
 
@@ -179,6 +202,8 @@ class AgentConfig:
     poll_interval: float = 2.0
     handshake_timeout: float = 180.0
     keep_routes_on_stop: bool = False
+    rule_priority: int = 5000  # first priority of wgagent's ip rule band (see RULE_BAND)
+    ubus_socket: str = ""  # "" = ubus's default socket
 
 
 @dataclass(frozen=True)
@@ -188,6 +213,7 @@ class InterfaceConfig:
     metric: int = 0
     route_default: bool = False
     idle_timeout: float = 0.0  # 0 = off
+    source_table: int | None = None  # ip rule "from <AllowedIP> lookup" this, for up peers
 
 
 @dataclass(frozen=True)
@@ -198,6 +224,18 @@ class PeerConfig:
     description: str = ""
     route: bool = True
     idle_timeout: float | None = None  # None = the interface's
+    source_table: int | None = None  # None = the interface's
+
+
+@dataclass(frozen=True)
+class ReturnPathConfig:
+    """P2: replies from a WAN address leave by the WAN, whatever the default route."""
+
+    name: str
+    table: int
+    device: str = ""  # kernel device, or ...
+    network: str = ""  # ... a netifd interface, resolved through ubus
+    gateways: tuple[str, ...] = ()  # at most one per family; default: learned
 
 
 @dataclass(frozen=True)
@@ -206,6 +244,7 @@ class Config:
     agent: AgentConfig = AgentConfig()
     interfaces: tuple[InterfaceConfig, ...] = ()
     peers: tuple[PeerConfig, ...] = ()
+    return_paths: tuple[ReturnPathConfig, ...] = ()
     warnings: tuple[str, ...] = ()
     tables: dict[str, int] = field(default_factory=lambda: dict(BUILTIN_TABLES), compare=False)
 
@@ -238,12 +277,15 @@ SCHEMA: dict[str, dict[str, Converter]] = {
         "poll_interval": _plain(number(0, 3600, lo_open=True)),
         "handshake_timeout": _plain(number(0, 86400, lo_open=True)),
         "keep_routes_on_stop": _plain(boolean),
+        "rule_priority": _plain(number(1, RULE_PRIORITY_MAX, integer=True)),
+        "ubus_socket": _plain(text),
     },
     "interface": {
         "table": table,
         "metric": _plain(number(0, 2**32 - 1, integer=True)),
         "route_default": _plain(boolean),
         "idle_timeout": _plain(number(0, 86400)),
+        "source_table": table,
     },
     "peer": {
         "interface": _plain(ifname),
@@ -251,12 +293,20 @@ SCHEMA: dict[str, dict[str, Converter]] = {
         "description": _plain(text),
         "route": _plain(boolean),
         "idle_timeout": _plain(number(0, 86400)),
+        "source_table": table,
+    },
+    "return_path": {
+        "device": _plain(ifname),
+        "network": _plain(lambda raw: uci_name(raw)),
+        "table": table,
+        "gateway": lambda raw, tables: tuple(ip_address(v) for v in (raw if isinstance(raw, list) else [raw])),
     },
 }
-REQUIRED = {"peer": ("interface", "public_key")}
+REQUIRED = {"peer": ("interface", "public_key"), "return_path": ("table",)}
 
 # YAML top-level keys: key -> (section type, is a single section named 'main')
-YAML_KEYS = {"agent": ("agent", True), "interfaces": ("interface", False), "peers": ("peer", False)}
+YAML_KEYS = {"agent": ("agent", True), "interfaces": ("interface", False), "peers": ("peer", False),
+             "return_paths": ("return_path", False)}
 
 
 @dataclass
@@ -293,6 +343,7 @@ def build(path: str, raw_sections: list[RawSection], tables: dict[str, int] | No
     agent = AgentConfig()
     interfaces: dict[str, InterfaceConfig] = {}
     peers: list[PeerConfig] = []
+    return_paths: list[ReturnPathConfig] = []
     agents_seen = 0
     for raw in raw_sections:
         if raw.type not in SCHEMA:
@@ -312,6 +363,8 @@ def build(path: str, raw_sections: list[RawSection], tables: dict[str, int] | No
             interfaces[name] = InterfaceConfig(name=name, **values)
         elif raw.type == "peer":
             peers.append(PeerConfig(name=raw.label, **values))
+        elif raw.type == "return_path":
+            return_paths.append(_return_path(path, raw.label, values))
     seen: dict[tuple[str, str], str] = {}
     for p in peers:
         if p.interface not in interfaces:
@@ -322,7 +375,18 @@ def build(path: str, raw_sections: list[RawSection], tables: dict[str, int] | No
                               f"the same peer is already configured in section '{seen[key]}'")
         seen[key] = p.name
     return Config(path=path, agent=agent, interfaces=tuple(interfaces.values()), peers=tuple(peers),
-                  warnings=tuple(warnings), tables=tables)
+                  return_paths=tuple(return_paths), warnings=tuple(warnings), tables=tables)
+
+
+def _return_path(path: str, label: str, values: dict) -> ReturnPathConfig:
+    if bool(values.get("device")) == bool(values.get("network")):
+        raise ConfigError(path, label, "device", values.get("device"),
+                          "set exactly one of 'device' (a kernel device) or 'network' (a netifd interface)")
+    gateways = values.pop("gateway", ())
+    families = [":" in g for g in gateways]
+    if len(families) != len(set(families)):
+        raise ConfigError(path, label, "gateway", list(gateways), "at most one gateway per address family")
+    return ReturnPathConfig(name=label, gateways=gateways, **values)
 
 
 def raw_from_uci(path: str, text_: str) -> list[RawSection]:
@@ -390,7 +454,3 @@ def load(path: str, tables: dict[str, int] | None = None) -> Config:
     else:
         raw = raw_from_uci(path, body)
     return build(path, raw, tables)
-
-
-def field_names(cls) -> list[str]:
-    return [f.name for f in fields(cls)]

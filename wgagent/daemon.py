@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 
 from . import config as config_mod
 from . import log as log_mod
+from . import netifd
 from .config import Config, ConfigError
-from .model import Route
-from .policy import Desired, PeerVerdict, desired_state, plan_routes, track_activity
+from .model import Route, Rule
+from .policy import (Desired, PathState, PeerVerdict, desired_rules, desired_state, plan_routes, plan_rules,
+                     track_activity)
 from .rtnl import Rtnl, RtnlEvents
 from .wgsource import PeerSources
 
@@ -28,11 +30,14 @@ SETTLE_SECONDS = 0.02  # after an event, let a burst (netifd flushing a device) 
 
 
 @dataclass
-class RouteView:
-    """The kernel's routes as last read, kept current with our own changes."""
+class KernelView:
+    """The kernel's routes, rules and addresses as last read, kept current with our own changes."""
 
     owned: set[Route] = field(default_factory=set)
     foreign: dict = field(default_factory=dict)
+    gateways: dict = field(default_factory=dict)
+    rules: set[Rule] = field(default_factory=set)
+    paths: list[PathState] = field(default_factory=list)
     read_at: float = -1e18
 
 
@@ -44,13 +49,15 @@ class Daemon:
         self.sources = sources
         self.clock, self.mono = clock, mono
         self.log = log_mod.get()
-        self.view = RouteView()
+        self.view = KernelView()
         self.dirty = True
         self.activity: dict = {}
         self.was_up: dict[tuple[str, str], PeerVerdict] = {}
-        self.route_owner: dict[Route, PeerVerdict] = {}
+        self.owners: dict[Route | Rule, str] = {}  # who wanted what we installed: for removal logs
         self.iface_errors: dict[str, str] = {}
         self.conflicts_warned: set = set()
+        self.problems_warned: set = set()
+        self.path_seen: dict[str, tuple] = {}
         self.last_desired = Desired()
 
     # --- one pass
@@ -60,6 +67,36 @@ class Daemon:
         states = [self.sources.read(i.name, links.get(i.name)) for i in self.config.interfaces]
         return links, states
 
+    def _read_kernel(self, links, mono: float) -> None:
+        index_to_name = {link.index: name for name, link in links.items()}
+        dump = self.rtnl.routes(index_to_name)
+        addrs = self.rtnl.addresses(index_to_name) if self.config.return_paths else {}
+        paths = [self._path_state(rp, links, addrs, dump.gateways) for rp in self.config.return_paths]
+        self.view = KernelView(set(dump.owned), dump.foreign, dump.gateways, set(self.rtnl.rules()), paths, mono)
+        self.dirty = False
+
+    def _path_state(self, rp, links, addrs, gateways) -> PathState:
+        device = rp.device
+        if rp.network:
+            try:
+                device = netifd.resolve(rp.network, self.config.agent.ubus_socket or None)
+            except netifd.ResolveError as e:
+                return PathState(rp.name, error=str(e))
+        link = links.get(device)
+        if link is None:
+            return PathState(rp.name, device, error=f"device {device} does not exist")
+        learned = tuple((fam, gw) for (dev, fam), gw in sorted(gateways.items()) if dev == device)
+        return PathState(rp.name, device, True, link.pointopoint, tuple(addrs.get(device, ())), learned)
+
+    def snapshot(self):
+        """Observe and decide without changing anything (for `wgagent status`)."""
+        mono = self.mono()
+        links, states = self.observe()
+        desired = desired_state(self.config, states, self.clock(), {}, mono)
+        self._read_kernel(links, mono)
+        problems = desired_rules(self.config, desired, self.view.paths)
+        return states, desired, self.view, problems
+
     def reconcile(self) -> None:
         mono = self.mono()
         links, states = self.observe()
@@ -67,72 +104,82 @@ class Daemon:
         self.activity = track_activity(self.activity, states, mono)
         if self.config.agent.enabled:
             desired = desired_state(self.config, states, self.clock(), self.activity, mono)
+            # an unreadable interface keeps what we knew of its peers (routes and rules stay)
+            desired.verdicts += [v for v in self.last_desired.verdicts if v.interface in desired.frozen]
         else:
             desired = Desired()
         self._log_peer_changes(desired)
         if self.dirty or mono - self.view.read_at >= RESYNC_SECONDS:
-            index_to_name = {link.index: name for name, link in links.items()}
-            owned, foreign = self.rtnl.routes(index_to_name)
-            self.view = RouteView(set(owned), foreign, mono)
-            self.dirty = False
-        plan = plan_routes(desired.routes, self.view.owned, self.view.foreign, desired.frozen)
+            self._read_kernel(links, mono)
+        if self.config.agent.enabled:
+            self._warn_problems(desired_rules(self.config, desired, self.view.paths))
+            self._log_paths(self.view.paths)
+        wanted_routes = {**{r: f"peer {v.label}" for r, v in desired.routes.items()}, **desired.path_routes}
+        plan = plan_routes(wanted_routes, self.view.owned, self.view.foreign, desired.frozen)
+        rule_plan = plan_rules(desired.rules, self.view.rules)
         self._warn_conflicts(plan.conflicts)
-        self._apply(plan, desired, links)
+        owners = {**wanted_routes, **desired.rules}
+        self._apply(plan, rule_plan, links, owners, desired)
         self.last_desired = desired
-        self.route_owner = dict(desired.routes)
+        self.owners = owners
 
-    def _apply(self, plan, desired: Desired, links) -> None:
-        removed: dict[tuple, list[Route]] = {}
-        added: dict[tuple, list[Route]] = {}
+    def _apply(self, plan, rule_plan, links, owners, desired: Desired) -> None:
+        done: dict[tuple[str, str, str], list] = {}
+
+        def note(event, item, iface=""):
+            owner = owners.get(item) or self.owners.get(item) or "-"
+            done.setdefault((event, iface, owner), []).append(item)
+
+        for rule in rule_plan.delete:
+            if self._try("rule_remove_failed", self.rtnl.delete_rule, rule, rule=rule.describe()):
+                self.view.rules.discard(rule)
+                note("rule_removed", rule)
         for route in plan.delete:
             link = links.get(route.ifname)
-            try:
-                self.rtnl.delete_route(route, link.index if link else None)
-            except OSError as e:
-                self.dirty = True
-                self.log.warning("route_remove_failed", iface=route.ifname, prefix=route.prefix,
-                                 table=self._table(route.table), error=str(e))
-                continue
-            self.view.owned.discard(route)
-            removed.setdefault(self._owner_key(route, desired), []).append(route)
+            if self._try("route_remove_failed", self.rtnl.delete_route, route, link.index if link else None,
+                         iface=route.ifname, prefix=route.prefix, table=self._table(route.table)):
+                self.view.owned.discard(route)
+                note("route_removed", route, route.ifname)
         for route in plan.add:
             link = links.get(route.ifname)
             if link is None:
                 continue
-            try:
-                self.rtnl.add_route(route, link.index)
-            except OSError as e:
-                self.dirty = True
-                self.log.warning("route_add_failed", iface=route.ifname, prefix=route.prefix,
-                                 table=self._table(route.table), error=str(e))
-                continue
-            self.view.owned.add(route)
-            added.setdefault(self._owner_key(route, desired), []).append(route)
-        for (iface, key), routes in removed.items():
-            self._log_routes("route_removed", iface, key, routes, desired)
-        for (iface, key), routes in added.items():
-            self._log_routes("route_added", iface, key, routes, desired)
+            if self._try("route_add_failed", self.rtnl.add_route, route, link.index,
+                         iface=route.ifname, prefix=route.prefix, table=self._table(route.table)):
+                self.view.owned.add(route)
+                note("route_added", route, route.ifname)
+        for rule in rule_plan.add:
+            if self._try("rule_add_failed", self.rtnl.add_rule, rule, rule=rule.describe()):
+                self.view.rules.add(rule)
+                note("rule_added", rule)
+        verdicts = {f"peer {v.label}": v for v in desired.verdicts}
+        for (event, iface, owner), items in done.items():
+            fields = {"iface": iface} if iface else {}
+            if event.startswith("route"):
+                fields["prefixes"] = ",".join(r.prefix + (f" via {r.gateway}" if r.gateway else "") for r in items)
+                fields["table"] = self._table(items[0].table)
+            else:
+                fields["rules"] = "; ".join(r.describe() for r in items)
+            v = verdicts.get(owner)
+            if v is not None:
+                fields.update(peer=v.label, handshake_age=_age(v.handshake_age), reason=v.reason)
+            elif owner.startswith("peer "):
+                fields.update(peer=owner[5:], reason="peer-removed")
+            else:
+                fields.update(owner=owner)
+            self.log.info(event, **fields)
+
+    def _try(self, failure_event: str, fn, *args, **fields) -> bool:
+        """Run one kernel change; a failure is logged, retried at the next resync, never fatal."""
+        try:
+            fn(*args)
+        except OSError as e:
+            self.dirty = True
+            self.log.warning(failure_event, error=str(e), **fields)
+            return False
+        return True
 
     # --- logging of changes: one line each, nothing when nothing changed
-
-    def _owner_key(self, route: Route, desired: Desired) -> tuple[str, str]:
-        owner = desired.routes.get(route) or self.route_owner.get(route)
-        return (route.ifname, owner.peer.public_key if owner else "")
-
-    def _log_routes(self, event: str, iface: str, key: str, routes: list[Route], desired: Desired):
-        verdict = None
-        for v in desired.verdicts:
-            if v.interface == iface and v.peer.public_key == key:
-                verdict = v
-        fields = {"iface": iface, "prefixes": ",".join(r.prefix for r in routes),
-                  "table": self._table(routes[0].table)}
-        if verdict is not None:
-            fields.update(peer=verdict.label, handshake_age=_age(verdict.handshake_age), reason=verdict.reason)
-        elif key:
-            fields.update(peer=key[:8], reason="peer-removed")
-        else:
-            fields.update(peer="-", reason="not-desired")
-        self.log.info(event, **fields)
 
     def _log_peer_changes(self, desired: Desired) -> None:
         now_up: dict[tuple[str, str], PeerVerdict] = {}
@@ -171,6 +218,25 @@ class Daemon:
             else:
                 self.log.info("interface_available", iface=s.name, backend=s.backend)
 
+    def _warn_problems(self, problems) -> None:
+        current = set(problems)
+        for problem in sorted(current - self.problems_warned):
+            self.log.warning("return_path_problem", detail=problem)
+        self.problems_warned = current
+
+    def _log_paths(self, paths) -> None:
+        for p in paths:
+            seen = (p.device, p.present, p.addresses, p.learned_gateways, p.error)
+            if self.path_seen.get(p.name) == seen:
+                continue
+            self.path_seen[p.name] = seen
+            if p.present:
+                self.log.info("return_path", name=p.name, device=p.device,
+                              addresses=",".join(f"{a}/{n}" for a, n in p.addresses) or "-",
+                              gateways=",".join(gw for _, gw in p.learned_gateways) or "-")
+            else:
+                self.log.warning("return_path_down", name=p.name, device=p.device or "-", error=p.error)
+
     def _warn_conflicts(self, conflicts) -> None:
         current = set()
         for route, proto in conflicts:
@@ -191,16 +257,20 @@ class Daemon:
     # --- stop
 
     def remove_owned(self) -> int:
+        """Remove every route and rule with our tag (on stop): read fresh, not from memory."""
         links = self.rtnl.links()
-        owned, _ = self.rtnl.routes({link.index: name for name, link in links.items()})
-        n = 0
+        owned = self.rtnl.routes({link.index: name for name, link in links.items()}).owned
+        rules = self.rtnl.rules()
+        n = sum(self.rtnl.delete_rule(rule) for rule in rules)
         for route in owned:
             link = links.get(route.ifname)
             if self.rtnl.delete_route(route, link.index if link else None):
                 n += 1
         if owned:
-            self.log.info("routes_removed_on_stop", count=n,
+            self.log.info("routes_removed_on_stop", count=len(owned),
                           prefixes=",".join(r.prefix for r in sorted(owned)[:20]) + (",…" if len(owned) > 20 else ""))
+        if rules:
+            self.log.info("rules_removed_on_stop", count=len(rules))
         return n
 
     # --- reload

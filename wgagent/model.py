@@ -52,6 +52,7 @@ class Route:
     prefixlen: int
     ifname: str
     metric: int
+    gateway: str = ""  # "" for a device route (scope link)
 
     @property
     def family(self) -> int:
@@ -65,6 +66,25 @@ class Route:
     def slot(self) -> tuple[int, str, int]:
         """Where the route sits: at most one route of ours per (table, prefix)."""
         return (self.table, self.dst, self.prefixlen)
+
+
+@dataclass(frozen=True, order=True)
+class Rule:
+    """An `ip rule` wgagent wants, or holds. Equality is the whole rule."""
+
+    family: int
+    priority: int
+    table: int
+    src: str = ""  # network address; "" = from all
+    src_len: int = 0
+    suppress_prefixlen: int = -1  # -1 = none
+
+    def describe(self) -> str:
+        text = f"from {self.src}/{self.src_len}" if self.src else "from all"
+        text += f" lookup {self.table}"
+        if self.suppress_prefixlen >= 0:
+            text += f" suppress_prefixlength {self.suppress_prefixlen}"
+        return f"{text} pref {self.priority}"
 
 
 def kernel_metric(family: int, metric: int) -> int:

@@ -11,8 +11,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from .config import Config
-from .model import InterfaceState, Peer, Route, kernel_metric
+from .config import Config, ReturnPathConfig
+from .model import AF_INET, AF_INET6, InterfaceState, Peer, Route, Rule, kernel_metric
 
 # Why a peer is up or down, as logged and shown by `wgagent status`.
 UP = "handshake"  # a handshake younger than handshake_timeout, and not idle
@@ -73,6 +73,7 @@ class PeerVerdict:
     handshake_age: float | None  # None: never
     description: str = ""
     routes: tuple[Route, ...] = ()  # what this peer asks for while up
+    rules: tuple[Rule, ...] = ()
 
     @property
     def label(self) -> str:
@@ -83,6 +84,10 @@ class PeerVerdict:
 class Desired:
     verdicts: list[PeerVerdict] = field(default_factory=list)
     routes: dict[Route, PeerVerdict] = field(default_factory=dict)
+    # Rules and the routes of return-path tables, with who wants them ("peer <label>",
+    # "return_path <name>"): filled by desired_rules().
+    rules: dict[Rule, str] = field(default_factory=dict)
+    path_routes: dict[Route, str] = field(default_factory=dict)
     # Interfaces we could not read this time: their routes stay as they are.
     frozen: set[str] = field(default_factory=set)
 
@@ -122,12 +127,16 @@ def desired_state(config: Config, states: Iterable[InterfaceState], now: float,
             up, reason = presence(peer, now, config.agent.handshake_timeout, idle,
                                   activity.get((state.name, peer.public_key)), mono_now)
             age = max(0.0, now - peer.last_handshake) if peer.last_handshake > 0 else None
+            source_table = iface.source_table
+            if pconf is not None and pconf.source_table is not None:
+                source_table = pconf.source_table
             routes: tuple[Route, ...] = ()
             if pconf is None or pconf.route:
                 routes = peer_routes(state.name, iface.table, iface.metric, iface.route_default,
                                      peer.allowed_ips)
             verdict = PeerVerdict(state.name, peer, up, reason, age,
-                                  pconf.description if pconf else "", routes)
+                                  pconf.description if pconf else "", routes,
+                                  peer_rules(source_table, config.agent.rule_priority, peer.allowed_ips))
             result.verdicts.append(verdict)
             if not up:
                 continue
@@ -137,6 +146,103 @@ def desired_state(config: Config, states: Iterable[InterfaceState], now: float,
                     claims[route.slot] = (route, verdict)
     result.routes = dict(claims.values())
     return result
+
+
+# Offsets inside wgagent's rule band (config.RULE_BAND wide, from agent.rule_priority):
+# the suppress rule first, so that connected and other specific routes of main win
+# over every source rule (LAN clients reaching the router's WAN address); then the
+# return paths; then per-peer source rules.
+SUPPRESS_OFFSET, RETURN_PATH_OFFSET, PEER_OFFSET = 0, 10, 100
+
+
+def peer_rules(table: int | None, base: int, allowed_ips: Iterable[str]) -> tuple[Rule, ...]:
+    if table is None:
+        return ()
+    out = []
+    for prefix in allowed_ips:
+        net = ipaddress.ip_network(prefix, strict=False)
+        if net.prefixlen == 0:
+            continue  # "from all" would take every packet of the router
+        out.append(Rule(AF_INET6 if net.version == 6 else AF_INET, base + PEER_OFFSET, table,
+                        str(net.network_address), net.prefixlen))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class PathState:
+    """What the kernel says about a return path's device now."""
+
+    name: str
+    device: str = ""  # "" when it could not be resolved
+    present: bool = False
+    pointopoint: bool = False
+    addresses: tuple[tuple[str, int], ...] = ()  # global addresses with prefix length
+    learned_gateways: tuple[tuple[int, str], ...] = ()  # (family, gateway) from the device's default routes
+    error: str = ""
+
+
+def return_path_wants(cfg: ReturnPathConfig, state: PathState, base: int) -> tuple[list[Rule], list[Route], list[str]]:
+    """Rules and table routes for one return path; and problems worth a warning."""
+    rules: list[Rule] = []
+    routes: list[Route] = []
+    problems: list[str] = []
+    if not state.present:
+        return rules, routes, problems
+    families = set()
+    for addr, plen in state.addresses:
+        ip = ipaddress.ip_interface(f"{addr}/{plen}")
+        family = AF_INET6 if ip.version == 6 else AF_INET
+        families.add(family)
+        rules.append(Rule(family, base + RETURN_PATH_OFFSET, cfg.table, str(ip.ip), ip.max_prefixlen))
+        if plen < ip.max_prefixlen:
+            routes.append(Route(cfg.table, str(ip.network.network_address), plen, state.device,
+                                kernel_metric(family, 0)))
+    configured = {AF_INET6 if ":" in g else AF_INET: g for g in cfg.gateways}
+    learned = dict(state.learned_gateways)
+    for family in sorted(families):
+        gateway = configured.get(family, learned.get(family))
+        if gateway is None and not state.pointopoint:
+            problems.append(f"no {'IPv6' if family == AF_INET6 else 'IPv4'} gateway known on {state.device}: "
+                            f"set option gateway in return_path '{cfg.name}'")
+            continue
+        routes.append(Route(cfg.table, "::" if family == AF_INET6 else "0.0.0.0", 0, state.device,
+                            kernel_metric(family, 0), gateway or ""))
+    return rules, routes, problems
+
+
+def desired_rules(config: Config, desired: Desired, paths: Iterable[PathState]) -> list[str]:
+    """Fill desired.rules and desired.path_routes; returns problems to warn about."""
+    base = config.agent.rule_priority
+    problems: list[str] = []
+    for v in desired.verdicts:
+        if v.up:
+            for rule in v.rules:
+                desired.rules.setdefault(rule, f"peer {v.label}")
+    by_name = {p.name: p for p in paths}
+    for rp in config.return_paths:
+        rules, routes, trouble = return_path_wants(rp, by_name.get(rp.name, PathState(rp.name)), base)
+        problems += trouble
+        for rule in rules:
+            desired.rules.setdefault(rule, f"return_path {rp.name}")
+        for route in routes:
+            desired.path_routes.setdefault(route, f"return_path {rp.name}")
+    for family in {r.family for r in desired.rules}:
+        desired.rules[Rule(family, base + SUPPRESS_OFFSET, 254, suppress_prefixlen=0)] = "suppress"
+    return problems
+
+
+@dataclass
+class RulePlan:
+    add: list[Rule] = field(default_factory=list)
+    delete: list[Rule] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.add or self.delete)
+
+
+def plan_rules(desired: Iterable[Rule], owned: Iterable[Rule]) -> RulePlan:
+    want, have = set(desired), set(owned)
+    return RulePlan(add=sorted(want - have), delete=sorted(have - want))
 
 
 def _newer(a: PeerVerdict, b: PeerVerdict) -> bool:

@@ -13,7 +13,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from .model import AF_INET, AF_INET6, RTPROT_WGAGENT, Route
+from .model import AF_INET, AF_INET6, RTPROT_WGAGENT, Route, Rule
 
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
@@ -30,12 +30,27 @@ FRA_PROTOCOL = 21
 NLMSG_HDR = struct.Struct("=IHHII")
 
 
+IFF_UP, IFF_POINTOPOINT = 0x1, 0x10
+RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
+FR_ACT_TO_TBL = 1
+
+
 @dataclass(frozen=True)
 class Link:
     index: int
     name: str
     kind: str  # IFLA_INFO_KIND: "wireguard", "tun", "veth", ...; "" if none
     up: bool
+    pointopoint: bool = False
+
+
+@dataclass
+class RouteDump:
+    owned: list[Route]
+    # (table, dst, prefixlen) -> protocol, for unicast routes of others
+    foreign: dict[tuple[int, str, int], int]
+    # (device, family) -> gateway of the device's best default route in main (others' routes)
+    gateways: dict[tuple[str, int], str]
 
 
 class Rtnl:
@@ -55,13 +70,26 @@ class Rtnl:
             info = msg.get_attr("IFLA_LINKINFO")
             if info is not None:
                 kind = info.get_attr("IFLA_INFO_KIND") or ""
-            out[name] = Link(msg["index"], name, kind, bool(msg["flags"] & 1))
+            out[name] = Link(msg["index"], name, kind, bool(msg["flags"] & IFF_UP),
+                             bool(msg["flags"] & IFF_POINTOPOINT))
         return out
 
-    def routes(self, index_to_name: dict[int, str]) -> tuple[list[Route], dict[tuple[int, str, int], int]]:
-        """(routes we own, {(table, dst, prefixlen): protocol} of unicast routes of others)."""
+    def addresses(self, index_to_name: dict[int, str]) -> dict[str, list[tuple[str, int]]]:
+        """Global-scope addresses per device: {name: [(address, prefixlen), ...]}."""
+        out: dict[str, list[tuple[str, int]]] = {}
+        for msg in self.ipr.get_addr():
+            if msg["scope"] != RT_SCOPE_UNIVERSE:
+                continue
+            addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+            name = index_to_name.get(msg["index"])
+            if addr and name:
+                out.setdefault(name, []).append((addr, msg["prefixlen"]))
+        return out
+
+    def routes(self, index_to_name: dict[int, str]) -> RouteDump:
         owned: list[Route] = []
         foreign: dict[tuple[int, str, int], int] = {}
+        best: dict[tuple[str, int], tuple[int, str]] = {}
         for family in (AF_INET, AF_INET6):
             for msg in self.ipr.route("dump", family=family):
                 if msg["type"] != RTN_UNICAST:
@@ -69,18 +97,25 @@ class Rtnl:
                 tbl = msg.get_attr("RTA_TABLE") or msg["table"]
                 dst = msg.get_attr("RTA_DST") or ("::" if family == AF_INET6 else "0.0.0.0")
                 plen = msg["dst_len"]
+                oif = msg.get_attr("RTA_OIF")
+                metric = msg.get_attr("RTA_PRIORITY") or 0
+                gateway = msg.get_attr("RTA_GATEWAY") or ""
                 if msg["proto"] == RTPROT_WGAGENT:
-                    oif = msg.get_attr("RTA_OIF")
-                    metric = msg.get_attr("RTA_PRIORITY") or 0
-                    owned.append(Route(tbl, dst, plen, index_to_name.get(oif, f"if{oif}"), metric))
-                else:
-                    foreign.setdefault((tbl, dst, plen), msg["proto"])
-        return owned, foreign
+                    owned.append(Route(tbl, dst, plen, index_to_name.get(oif, f"if{oif}"), metric, gateway))
+                    continue
+                foreign.setdefault((tbl, dst, plen), msg["proto"])
+                if plen == 0 and tbl == RT_TABLE_MAIN and oif in index_to_name and gateway:
+                    key = (index_to_name[oif], family)
+                    if key not in best or metric < best[key][0]:
+                        best[key] = (metric, gateway)
+        return RouteDump(owned, foreign, {k: gw for k, (_, gw) in best.items()})
 
     def _route(self, cmd: str, route: Route, index: int):
+        # a device route is scope link; one via a gateway is scope universe
+        extra = {"gateway": route.gateway, "scope": RT_SCOPE_UNIVERSE} if route.gateway else {"scope": RT_SCOPE_LINK}
         self.ipr.route(cmd, family=route.family, dst=route.dst, dst_len=route.prefixlen, oif=index,
                        table=route.table, priority=route.metric, proto=RTPROT_WGAGENT,
-                       scope=253, type=RTN_UNICAST)  # scope link: a device route, no gateway
+                       type=RTN_UNICAST, **extra)
 
     def add_route(self, route: Route, index: int) -> bool:
         """Install; False if an identical route is already there (a race, not an error)."""
@@ -106,6 +141,52 @@ class Rtnl:
                 self._route("del", route, index)
         except NetlinkError as e:
             if e.code in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
+                return False
+            raise
+        return True
+
+
+    def rules(self) -> list[Rule]:
+        """The ip rules we own (protocol tag), both families."""
+        out: list[Rule] = []
+        for family in (AF_INET, AF_INET6):
+            for msg in self.ipr.get_rules(family=family):
+                if msg.get_attr("FRA_PROTOCOL") != RTPROT_WGAGENT:
+                    continue
+                suppress = msg.get_attr("FRA_SUPPRESS_PREFIXLEN")
+                out.append(Rule(family, msg.get_attr("FRA_PRIORITY") or 0,
+                                msg.get_attr("FRA_TABLE") or msg["table"],
+                                msg.get_attr("FRA_SRC") or "", msg["src_len"],
+                                -1 if suppress is None or suppress == 0xFFFFFFFF else suppress))
+        return out
+
+    def _rule(self, cmd: str, rule: Rule):
+        kw = {"family": rule.family, "priority": rule.priority, "table": rule.table,
+              "protocol": RTPROT_WGAGENT, "action": FR_ACT_TO_TBL}
+        if rule.src:
+            kw.update(src=rule.src, src_len=rule.src_len)
+        if rule.suppress_prefixlen >= 0:
+            kw["suppress_prefixlen"] = rule.suppress_prefixlen
+        self.ipr.rule(cmd, **kw)
+
+    def add_rule(self, rule: Rule) -> bool:
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            self._rule("add", rule)
+        except NetlinkError as e:
+            if e.code == errno.EEXIST:
+                return False
+            raise
+        return True
+
+    def delete_rule(self, rule: Rule) -> bool:
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            self._rule("del", rule)
+        except NetlinkError as e:
+            if e.code in (errno.ENOENT, errno.ESRCH):
                 return False
             raise
         return True
