@@ -169,3 +169,47 @@ def test_rt_tables_names(tmp_path):
     tables = config.read_rt_tables((str(rt),))
     assert tables["wan"] == 100 and tables["vpn"] == 200 and tables["hex"] == 32 and tables["main"] == 254
     assert config.table_name(100, tables) == "wan" and config.table_name(7, tables) == "7"
+
+
+def test_rules_options(tmp_path):
+    cfg = load_text(tmp_path, f"""
+        config agent 'main'
+            option rule_priority '7000'
+        config interface 'wg0'
+            option source_table 'wan'
+        config peer 'phone'
+            option interface 'wg0'
+            option public_key '{KEY}'
+            option source_table '300'
+        config return_path 'up'
+            option network 'wan'
+            option table 'wan'
+            list gateway '198.51.100.1'
+            list gateway '2001:db8::1'
+        config return_path 'up2'
+            option device 'eth1'
+            option table '101'
+    """)
+    assert cfg.agent.rule_priority == 7000
+    assert cfg.interface("wg0").source_table == 100 and cfg.peer("wg0", KEY).source_table == 300
+    assert cfg.return_paths == (config.ReturnPathConfig("up", 100, "", "wan", ("198.51.100.1", "2001:db8::1")),
+                                config.ReturnPathConfig("up2", 101, "eth1"))
+
+
+@pytest.mark.parametrize("body,fragment", [
+    ("config return_path 'w'\n\toption device 'eth0'\n", "section 'w', option 'table'.*required"),
+    ("config return_path 'w'\n\toption table '100'\n", "section 'w', option 'device'.*exactly one of"),
+    ("config return_path 'w'\n\toption table '100'\n\toption device 'eth0'\n\toption network 'wan'\n",
+     "section 'w', option 'device', value 'eth0'.*exactly one"),
+    ("config return_path 'w'\n\toption table '100'\n\toption network 'wan-1'\n",
+     "option 'network', value 'wan-1'.*netifd interface name"),
+    ("config return_path 'w'\n\toption table '100'\n\toption device 'eth0'\n\toption gateway '1.2.3'\n",
+     "option 'gateway', value '1.2.3'.*not an IP address"),
+    ("config return_path 'w'\n\toption table '100'\n\toption device 'eth0'\n\tlist gateway '1.2.3.4'\n"
+     "\tlist gateway '1.2.3.5'\n", "option 'gateway'.*one gateway per address family"),
+    ("config agent 'main'\n\toption rule_priority '32000'\n", "option 'rule_priority', value '32000'.*out of range"),
+    ("config interface 'wg0'\n\toption source_table 'nope'\n", "option 'source_table', value 'nope'"),
+])
+def test_rules_option_errors(tmp_path, body, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_text(tmp_path, body)

@@ -134,3 +134,82 @@ def test_plan(name, desired, owned, foreign, frozen, add, delete, conflicts):
     plan = plan_routes(desired, owned, foreign, frozen)
     assert (plan.add, plan.delete, plan.conflicts) == (add, delete, conflicts)
     assert bool(plan) == bool(add or delete)
+
+
+# --- rules (P2, P3)
+
+from wgagent.model import AF_INET, AF_INET6, Rule  # noqa: E402
+from wgagent.policy import PathState, desired_rules, peer_rules, plan_rules, return_path_wants  # noqa: E402
+
+SUPPRESS4 = Rule(AF_INET, 5000, 254, suppress_prefixlen=0)
+SUPPRESS6 = Rule(AF_INET6, 5000, 254, suppress_prefixlen=0)
+
+
+def test_peer_rules_skip_default_prefixes():
+    assert peer_rules(None, 5000, ["10.0.31.5/32"]) == ()
+    assert peer_rules(200, 5000, ["10.0.31.5/32", "fd31::5/128", "0.0.0.0/0"]) == (
+        Rule(AF_INET, 5100, 200, "10.0.31.5", 32), Rule(AF_INET6, 5100, 200, "fd31::5", 128))
+
+
+def test_rules_only_for_up_peers_and_suppress_rule_per_family():
+    c = config.Config(path="t", interfaces=(config.InterfaceConfig("wg0", source_table=200),),
+                      peers=(config.PeerConfig("p2", "wg0", K2, source_table=300, route=False),))
+    peers = (up(K1, ["10.0.31.5/32"]), up(K2, ["fd31::6/128"]), Peer("C" * 43 + "=", ("10.0.31.7/32",)))
+    d = desired_state(c, [InterfaceState("wg0", "uapi", peers)], NOW, {}, 0.0)
+    assert desired_rules(c, d, []) == []
+    assert set(d.rules) == {Rule(AF_INET, 5100, 200, "10.0.31.5", 32), Rule(AF_INET6, 5100, 300, "fd31::6", 128),
+                            SUPPRESS4, SUPPRESS6}
+    assert set(d.routes) == {Route(254, "10.0.31.5", 32, "wg0", 0)}  # p2: route '0', rules only
+
+
+def test_no_rules_no_suppress_rule():
+    d = desired_state(cfg(), [InterfaceState("wg0", "uapi", (up(K1, ["10.0.31.5/32"]),))], NOW, {}, 0.0)
+    desired_rules(cfg(), d, [])
+    assert d.rules == {}
+
+
+RP = config.ReturnPathConfig("wan", 100, device="eth0")
+
+PATHS = [
+    ("absent device: nothing", RP, PathState("wan", "eth0", error="gone"), [], [], []),
+    ("learned gateway",
+     RP, PathState("wan", "eth0", True, False, (("198.51.100.2", 24),), ((AF_INET, "198.51.100.1"),)),
+     [Rule(AF_INET, 5010, 100, "198.51.100.2", 32)],
+     [Route(100, "198.51.100.0", 24, "eth0", 0), Route(100, "0.0.0.0", 0, "eth0", 0, "198.51.100.1")], []),
+    ("configured gateway wins; v6 too",
+     config.ReturnPathConfig("wan", 100, device="eth0", gateways=("198.51.100.9", "2001:db8::1")),
+     PathState("wan", "eth0", True, False, (("198.51.100.2", 24), ("2001:db8::2", 64)),
+               ((AF_INET, "198.51.100.1"),)),
+     [Rule(AF_INET, 5010, 100, "198.51.100.2", 32), Rule(AF_INET6, 5010, 100, "2001:db8::2", 128)],
+     [Route(100, "198.51.100.0", 24, "eth0", 0), Route(100, "2001:db8::", 64, "eth0", 1024),
+      Route(100, "0.0.0.0", 0, "eth0", 0, "198.51.100.9"), Route(100, "::", 0, "eth0", 1024, "2001:db8::1")], []),
+    ("pppoe: point-to-point, no gateway needed",
+     config.ReturnPathConfig("wan", 100, network="wan"),
+     PathState("wan", "pppoe-wan", True, True, (("100.64.1.2", 32),)),
+     [Rule(AF_INET, 5010, 100, "100.64.1.2", 32)], [Route(100, "0.0.0.0", 0, "pppoe-wan", 0)], []),
+    ("no gateway known: a problem, rule kept",
+     RP, PathState("wan", "eth0", True, False, (("198.51.100.2", 24),)),
+     [Rule(AF_INET, 5010, 100, "198.51.100.2", 32)], [Route(100, "198.51.100.0", 24, "eth0", 0)],
+     ["no IPv4 gateway known on eth0: set option gateway in return_path 'wan'"]),
+]
+
+
+@pytest.mark.parametrize("name,rp,state,rules,routes,problems", PATHS, ids=[p[0] for p in PATHS])
+def test_return_path(name, rp, state, rules, routes, problems):
+    assert return_path_wants(rp, state, 5000) == (rules, routes, problems)
+
+
+def test_return_path_in_desired_rules_adds_suppress_first():
+    c = config.Config(path="t", return_paths=(RP,), agent=config.AgentConfig(rule_priority=7000))
+    d = desired_state(c, [], NOW, {}, 0.0)
+    desired_rules(c, d, [PathState("wan", "eth0", True, False, (("198.51.100.2", 24),), ((AF_INET, "198.51.100.1"),))])
+    assert d.rules == {Rule(AF_INET, 7010, 100, "198.51.100.2", 32): "return_path wan",
+                       Rule(AF_INET, 7000, 254, suppress_prefixlen=0): "suppress"}
+    assert set(d.path_routes.values()) == {"return_path wan"}
+
+
+def test_plan_rules():
+    a, b = Rule(AF_INET, 5100, 200, "10.0.31.5", 32), Rule(AF_INET, 5100, 200, "10.0.31.6", 32)
+    plan = plan_rules({a, SUPPRESS4}, {b, SUPPRESS4})
+    assert (plan.add, plan.delete) == ([a], [b]) and plan
+    assert not plan_rules({a}, {a})
