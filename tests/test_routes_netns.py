@@ -315,3 +315,26 @@ def test_once_and_status(site):
     assert not other["up"] and other["reason"] == "no-handshake" and other["routes"] == []
     text = agent.run_cli("status", check=True).stdout
     assert f"peer {key[:8]} (phone)  up" in text and "routes:      10.0.31.5/32, fd31::5/128" in text
+
+
+def test_check_reports_a_configured_interface_that_is_not_wireguard(site):
+    agent = Agent(site.lab, site.r, site.config(interfaces=("wg0", "lan", "wg7")))
+    r = agent.run_cli("check")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "problem: interface lan: not a WireGuard interface (kind 'bridge'" in r.stdout
+    assert "note: interface wg7 does not exist yet" in r.stdout
+    ok = Agent(site.lab, site.r, site.config(), name="ok")
+    assert ok.run_cli("check").returncode == 0
+
+
+def test_disabling_by_reload_removes_routes_and_enabling_restores_them(site):
+    site.phone("p1", "10.0.31.5", keepalive=1)
+    agent = Agent(site.lab, site.r, site.config()).start()
+    site.handshake("p1")
+    wait_for(lambda: owned_prefixes(site.r) == {"10.0.31.5"}, 5, what="route")
+    agent.write_config(site.config(agent="option enabled '0'\n"))
+    agent.send(signal.SIGHUP)
+    wait_for(lambda: not owned_routes(site.r), 5, what="routes removed when disabled")
+    agent.write_config(site.config())
+    agent.send(signal.SIGHUP)
+    wait_for(lambda: owned_prefixes(site.r) == {"10.0.31.5"}, 5, what="route back when enabled")
