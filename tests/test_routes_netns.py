@@ -338,3 +338,16 @@ def test_disabling_by_reload_removes_routes_and_enabling_restores_them(site):
     agent.write_config(site.config())
     agent.send(signal.SIGHUP)
     wait_for(lambda: owned_prefixes(site.r) == {"10.0.31.5"}, 5, what="route back when enabled")
+
+
+def test_a_failing_route_is_logged_and_retried_never_fatal(site):
+    site.phone("p1", "10.0.31.5", "fd31::5")
+    site.r.run("sysctl", "-qw", "net.ipv6.conf.wg0.disable_ipv6=1")  # IPv6 routes on wg0 now fail
+    agent = Agent(site.lab, site.r, site.config()).start()
+    site.handshake("p1")
+    wait_for(lambda: owned_prefixes(site.r) == {"10.0.31.5"}, 5, what="the IPv4 route")
+    wait_for(lambda: agent.events("route_add_failed"), 5, what="the failure logged")
+    assert "prefix=fd31::5/128" in agent.events("route_add_failed")[0]
+    site.r.run("sysctl", "-qw", "net.ipv6.conf.wg0.disable_ipv6=0")
+    wait_for(lambda: owned_prefixes(site.r) == {"10.0.31.5", "fd31::5"}, 5, what="the IPv6 route on retry")
+    assert agent.proc.poll() is None

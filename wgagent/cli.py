@@ -45,6 +45,10 @@ def cmd_run(args) -> int:
         if not cfg.agent.enabled:
             log.info("disabled", detail="option enabled '0': owned routes are removed, waiting for a reload")
         return Runner(daemon, events).run()
+    except Exception:
+        # the traceback goes to syslog too, where `logread -e wgagent` shows it; procd respawns us
+        log.exception("crashed")
+        raise
     finally:
         sources.close()
         rtnl.close()

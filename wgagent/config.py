@@ -14,6 +14,7 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable
 
 from . import uci
@@ -249,16 +250,19 @@ class Config:
     tables: dict[str, int] = field(default_factory=lambda: dict(BUILTIN_TABLES), compare=False)
 
     def interface(self, name: str) -> InterfaceConfig | None:
-        for i in self.interfaces:
-            if i.name == name:
-                return i
-        return None
+        return self._interfaces.get(name)
 
     def peer(self, interface: str, public_key: str) -> PeerConfig | None:
-        for p in self.peers:
-            if p.interface == interface and p.public_key == public_key:
-                return p
-        return None
+        return self._peers.get((interface, public_key))
+
+    # lookups per poll and peer: dicts, built once (cached_property writes around frozen)
+    @cached_property
+    def _interfaces(self) -> dict[str, InterfaceConfig]:
+        return {i.name: i for i in self.interfaces}
+
+    @cached_property
+    def _peers(self) -> dict[tuple[str, str], PeerConfig]:
+        return {(p.interface, p.public_key): p for p in self.peers}
 
 
 # --- schema: section type -> option -> converter(raw, tables)

@@ -90,7 +90,8 @@ def setup(level: str = "info", target: str = "auto"):
     _state["sink"] = sink
     set_level(level)
     structlog.configure(
-        processors=[_filter_level, structlog.processors.LogfmtRenderer(key_order=["event"], bool_as_flag=False)],
+        processors=[_filter_level, structlog.processors.format_exc_info,
+                    structlog.processors.LogfmtRenderer(key_order=["event"], bool_as_flag=False)],
         logger_factory=lambda *args: _Logger(_state["sink"]),
         cache_logger_on_first_use=False,
     )

@@ -9,6 +9,7 @@ pays for pyroute2's full decoding of every event.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 from dataclasses import dataclass
@@ -119,32 +120,15 @@ class Rtnl:
 
     def add_route(self, route: Route, index: int) -> bool:
         """Install; False if an identical route is already there (a race, not an error)."""
-        from pyroute2.netlink.exceptions import NetlinkError
-
-        try:
-            self._route("add", route, index)
-        except NetlinkError as e:
-            if e.code == errno.EEXIST:
-                return False
-            raise
-        return True
+        return _call(self._route, "add", route, index, ignore=(errno.EEXIST,))
 
     def delete_route(self, route: Route, index: int | None) -> bool:
         """Remove; False if it was already gone."""
-        from pyroute2.netlink.exceptions import NetlinkError
-
-        try:
-            if index is None:
-                self.ipr.route("del", family=route.family, dst=route.dst, dst_len=route.prefixlen,
-                               table=route.table, priority=route.metric, proto=RTPROT_WGAGENT)
-            else:
-                self._route("del", route, index)
-        except NetlinkError as e:
-            if e.code in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
-                return False
-            raise
-        return True
-
+        gone = (errno.ESRCH, errno.ENOENT, errno.ENODEV)
+        if index is None:  # the device is gone; so, most likely, is the route
+            return _call(self.ipr.route, "del", family=route.family, dst=route.dst, dst_len=route.prefixlen,
+                         table=route.table, priority=route.metric, proto=RTPROT_WGAGENT, ignore=gone)
+        return _call(self._route, "del", route, index, ignore=gone)
 
     def rules(self) -> list[Rule]:
         """The ip rules we own (protocol tag), both families."""
@@ -170,26 +154,24 @@ class Rtnl:
         self.ipr.rule(cmd, **kw)
 
     def add_rule(self, rule: Rule) -> bool:
-        from pyroute2.netlink.exceptions import NetlinkError
-
-        try:
-            self._rule("add", rule)
-        except NetlinkError as e:
-            if e.code == errno.EEXIST:
-                return False
-            raise
-        return True
+        return _call(self._rule, "add", rule, ignore=(errno.EEXIST,))
 
     def delete_rule(self, rule: Rule) -> bool:
-        from pyroute2.netlink.exceptions import NetlinkError
+        return _call(self._rule, "del", rule, ignore=(errno.ENOENT, errno.ESRCH))
 
-        try:
-            self._rule("del", rule)
-        except NetlinkError as e:
-            if e.code in (errno.ENOENT, errno.ESRCH):
-                return False
-            raise
-        return True
+
+def _call(fn, *args, ignore=(), **kw) -> bool:
+    """One netlink request. Errors in `ignore` ("already there", "already gone") give
+    False; any other becomes an OSError, which the daemon logs and retries."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        fn(*args, **kw)
+    except NetlinkError as e:
+        if e.code in ignore:
+            return False
+        raise OSError(e.code, os.strerror(e.code) if isinstance(e.code, int) and e.code > 0 else str(e)) from None
+    return True
 
 
 class RtnlEvents:
