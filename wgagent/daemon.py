@@ -9,6 +9,7 @@ who is up, what it has warned about) only shapes logs and idle detection.
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import signal
@@ -134,20 +135,23 @@ class Daemon:
             if self._try("rule_remove_failed", self.rtnl.delete_rule, rule, rule=rule.describe()):
                 self.view.rules.discard(rule)
                 note("rule_removed", rule)
-        for route in plan.delete:
-            link = links.get(route.ifname)
-            if self._try("route_remove_failed", self.rtnl.delete_route, route, link.index if link else None,
-                         iface=route.ifname, prefix=route.prefix, table=self._table(route.table)):
-                self.view.owned.discard(route)
-                note("route_removed", route, route.ifname)
-        for route in plan.add:
-            link = links.get(route.ifname)
-            if link is None:
-                continue
-            if self._try("route_add_failed", self.rtnl.add_route, route, link.index,
-                         iface=route.ifname, prefix=route.prefix, table=self._table(route.table)):
+        changes = [("delete", r, links[r.ifname].index if r.ifname in links else None) for r in plan.delete]
+        changes += [("add", r, links[r.ifname].index) for r in plan.add if r.ifname in links]
+        for (verb, route, _), code in zip(changes, self.rtnl.apply_routes(changes)):
+            if code == errno.EEXIST:
+                # somebody added the same route between our read and our write: re-read
+                # before believing it is ours
+                self.dirty = True
+            elif code and not (verb == "delete" and code in (errno.ESRCH, errno.ENOENT, errno.ENODEV)):
+                self.dirty = True
+                self.log.warning(f"route_{'add' if verb == 'add' else 'remove'}_failed", iface=route.ifname,
+                                 prefix=route.prefix, table=self._table(route.table), error=os.strerror(code))
+            elif verb == "add":
                 self.view.owned.add(route)
                 note("route_added", route, route.ifname)
+            else:
+                self.view.owned.discard(route)
+                note("route_removed", route, route.ifname)
         for rule in rule_plan.add:
             if self._try("rule_add_failed", self.rtnl.add_rule, rule, rule=rule.describe()):
                 self.view.rules.add(rule)
@@ -262,10 +266,8 @@ class Daemon:
         owned = self.rtnl.routes({link.index: name for name, link in links.items()}).owned
         rules = self.rtnl.rules()
         n = sum(self.rtnl.delete_rule(rule) for rule in rules)
-        for route in owned:
-            link = links.get(route.ifname)
-            if self.rtnl.delete_route(route, link.index if link else None):
-                n += 1
+        changes = [("delete", r, links[r.ifname].index if r.ifname in links else None) for r in owned]
+        n += sum(code == 0 for code in self.rtnl.apply_routes(changes))
         if owned:
             self.log.info("routes_removed_on_stop", count=len(owned),
                           prefixes=",".join(r.prefix for r in sorted(owned)[:20]) + (",…" if len(owned) > 20 else ""))

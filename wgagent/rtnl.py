@@ -1,6 +1,7 @@
-"""rtnetlink: links, routes, and change events.
+"""rtnetlink: links, addresses, routes, rules, and change events.
 
-Requests go through pyroute2's IPRoute. Events come from a plain netlink socket
+Links, addresses and rules go through pyroute2's IPRoute; routes, the hot path at
+scale, through rtnl_routes (batched). Events come from a plain netlink socket
 of our own, bound to the link, address, route and rule groups: the daemon only
 needs to know *that* something changed, so it reads message headers and never
 pays for pyroute2's full decoding of every event.
@@ -15,14 +16,12 @@ import struct
 from dataclasses import dataclass
 
 from .model import AF_INET, AF_INET6, RTPROT_WGAGENT, Route, Rule
+from .rtnl_routes import RTM_DELROUTE, RTM_NEWROUTE, RouteDump, RouteSocket
 
-RT_TABLE_MAIN = 254
-RTN_UNICAST = 1
 
 # rtnetlink message types and multicast groups (linux/rtnetlink.h)
 RTM_NEWLINK, RTM_DELLINK = 16, 17
 RTM_NEWADDR, RTM_DELADDR = 20, 21
-RTM_NEWROUTE, RTM_DELROUTE = 24, 25
 RTM_NEWRULE, RTM_DELRULE = 32, 33
 GROUPS = (1, 5, 7, 8, 9, 11, 19)  # LINK, IPV4_IFADDR, IPV4_ROUTE, IPV4_RULE, IPV6_IFADDR, IPV6_ROUTE, IPV6_RULE
 SOL_NETLINK = 270
@@ -32,7 +31,7 @@ NLMSG_HDR = struct.Struct("=IHHII")
 
 
 IFF_UP, IFF_POINTOPOINT = 0x1, 0x10
-RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
+RT_SCOPE_UNIVERSE = 0
 FR_ACT_TO_TBL = 1
 
 
@@ -45,22 +44,15 @@ class Link:
     pointopoint: bool = False
 
 
-@dataclass
-class RouteDump:
-    owned: list[Route]
-    # (table, dst, prefixlen) -> protocol, for unicast routes of others
-    foreign: dict[tuple[int, str, int], int]
-    # (device, family) -> gateway of the device's best default route in main (others' routes)
-    gateways: dict[tuple[str, int], str]
-
-
 class Rtnl:
     def __init__(self):
-        from pyroute2 import IPRoute  # deferred: `wgagent check` never needs it
+        from pyroute2 import IPRoute  # deferred: `wgagent check` on a bad config never needs it
 
         self.ipr = IPRoute()
+        self.route_sock = RouteSocket()
 
     def close(self):
+        self.route_sock.close()
         self.ipr.close()
 
     def links(self) -> dict[str, Link]:
@@ -88,47 +80,14 @@ class Rtnl:
         return out
 
     def routes(self, index_to_name: dict[int, str]) -> RouteDump:
-        owned: list[Route] = []
-        foreign: dict[tuple[int, str, int], int] = {}
-        best: dict[tuple[str, int], tuple[int, str]] = {}
-        for family in (AF_INET, AF_INET6):
-            for msg in self.ipr.route("dump", family=family):
-                if msg["type"] != RTN_UNICAST:
-                    continue
-                tbl = msg.get_attr("RTA_TABLE") or msg["table"]
-                dst = msg.get_attr("RTA_DST") or ("::" if family == AF_INET6 else "0.0.0.0")
-                plen = msg["dst_len"]
-                oif = msg.get_attr("RTA_OIF")
-                metric = msg.get_attr("RTA_PRIORITY") or 0
-                gateway = msg.get_attr("RTA_GATEWAY") or ""
-                if msg["proto"] == RTPROT_WGAGENT:
-                    owned.append(Route(tbl, dst, plen, index_to_name.get(oif, f"if{oif}"), metric, gateway))
-                    continue
-                foreign.setdefault((tbl, dst, plen), msg["proto"])
-                if plen == 0 and tbl == RT_TABLE_MAIN and oif in index_to_name and gateway:
-                    key = (index_to_name[oif], family)
-                    if key not in best or metric < best[key][0]:
-                        best[key] = (metric, gateway)
-        return RouteDump(owned, foreign, {k: gw for k, (_, gw) in best.items()})
+        return self.route_sock.dump(index_to_name)
 
-    def _route(self, cmd: str, route: Route, index: int):
-        # a device route is scope link; one via a gateway is scope universe
-        extra = {"gateway": route.gateway, "scope": RT_SCOPE_UNIVERSE} if route.gateway else {"scope": RT_SCOPE_LINK}
-        self.ipr.route(cmd, family=route.family, dst=route.dst, dst_len=route.prefixlen, oif=index,
-                       table=route.table, priority=route.metric, proto=RTPROT_WGAGENT,
-                       type=RTN_UNICAST, **extra)
-
-    def add_route(self, route: Route, index: int) -> bool:
-        """Install; False if an identical route is already there (a race, not an error)."""
-        return _call(self._route, "add", route, index, ignore=(errno.EEXIST,))
-
-    def delete_route(self, route: Route, index: int | None) -> bool:
-        """Remove; False if it was already gone."""
-        gone = (errno.ESRCH, errno.ENOENT, errno.ENODEV)
-        if index is None:  # the device is gone; so, most likely, is the route
-            return _call(self.ipr.route, "del", family=route.family, dst=route.dst, dst_len=route.prefixlen,
-                         table=route.table, priority=route.metric, proto=RTPROT_WGAGENT, ignore=gone)
-        return _call(self._route, "del", route, index, ignore=gone)
+    def apply_routes(self, changes: list[tuple[str, Route, int | None]]) -> list[int]:
+        """("add"|"delete", route, ifindex) in batches; an errno per change, 0 = done."""
+        if not changes:
+            return []
+        return self.route_sock.apply([(RTM_NEWROUTE if verb == "add" else RTM_DELROUTE, route, index or 0)
+                                      for verb, route, index in changes])
 
     def rules(self) -> list[Rule]:
         """The ip rules we own (protocol tag), both families."""
