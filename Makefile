@@ -4,13 +4,13 @@
 
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
-APT_PKGS  := wireguard-tools wireguard-go iproute2 iputils-ping
+APT_PKGS  := wireguard-tools wireguard-go iproute2 iputils-ping busybox shellcheck
 PYTEST    ?= $(PY) -m pytest
 
-.PHONY: deps venv test unit demo clean
+.PHONY: deps venv test unit demo ipk feed-src install clean
 
 deps: venv
-	@missing=""; for t in wg wireguard-go ip ping; do command -v $$t >/dev/null || missing=1; done; \
+	@missing=""; for t in wg wireguard-go ip ping busybox shellcheck; do command -v $$t >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 		echo ">> installing $(APT_PKGS)"; \
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
@@ -34,5 +34,30 @@ unit: venv
 demo: deps
 	$(PY) demo/s1_roaming.py
 
+# wgagent_<version>-r<release>_all.ipk in dist/, built without the OpenWrt SDK
+ipk: venv
+	$(PY) tools/build_ipk.py dist
+
+# make openwrt-package/wgagent self-contained, to drop into an SDK feed
+feed-src:
+	rm -rf openwrt-package/wgagent/src
+	mkdir -p openwrt-package/wgagent/src/init.d
+	cp -r wgagent setup.py pyproject.toml LICENSE openwrt-package/wgagent/src/
+	cp init.d/wgagent openwrt-package/wgagent/src/init.d/
+	find openwrt-package/wgagent/src -name __pycache__ -prune -exec rm -rf {} +
+
+# plain Linux: the package in its own venv, the command on PATH, a systemd unit
+PREFIX    ?= /usr/local
+APPDIR    ?= /opt/wgagent
+install:
+	python3 -m venv $(DESTDIR)$(APPDIR)
+	$(DESTDIR)$(APPDIR)/bin/pip install -q .
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/systemd/system $(DESTDIR)/etc/wgagent
+	ln -sf $(APPDIR)/bin/wgagent $(DESTDIR)$(PREFIX)/bin/wgagent
+	sed 's#/usr/local/bin/wgagent#$(PREFIX)/bin/wgagent#' systemd/wgagent.service \
+		> $(DESTDIR)/etc/systemd/system/wgagent.service
+	[ -e $(DESTDIR)/etc/wgagent/config.yaml ] || install -m 600 systemd/config.yaml $(DESTDIR)/etc/wgagent/config.yaml
+	@echo "installed; now: systemctl daemon-reload && systemctl enable --now wgagent"
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info openwrt-package/wgagent/src
