@@ -38,6 +38,10 @@ def cmd_run(args) -> int:
     rtnl = Rtnl()
     sources = PeerSources()
     daemon = Daemon(cfg, rtnl, sources)
+    if not args.once:
+        from .firewall import FirewallSync
+
+        daemon.firewall = FirewallSync(cfg, log)
     try:
         if args.once:
             daemon.reconcile()
@@ -106,6 +110,8 @@ def gather_status(cfg) -> dict:
     described = set(desired.routes) | set(desired.path_routes) | {r for v in desired.verdicts for r in v.routes}
     out["other_owned_routes"] = [f"{r.prefix} dev {r.ifname} table {r.table}" for r in sorted(view.owned - described)]
     out["owned_rules"] = sorted(r.describe() for r in view.rules)
+    if cfg.zones or cfg.nats:
+        out["firewall"] = firewall_status(cfg)
     return out
 
 
@@ -132,6 +138,11 @@ def _print_status(st: dict):
             print(f"  {line}")
     for problem in st["problems"]:
         print(f"problem: {problem}")
+    fw = st.get("firewall")
+    if fw:
+        print(f"firewall ({fw['transport'] or 'unavailable'})" + (f": {fw['error']}" if fw["error"] else ""))
+        for sec in fw["sections"]:
+            print(f"  {sec['type']:<10} {sec['name']:<36} {sec['state']}")
     for c in st["conflicts"]:
         print(f"conflict: {c['prefix']} in table {c['table']} is held by protocol {c['proto']} ({c['interface']})")
     for r in st["other_owned_routes"]:
@@ -173,6 +184,55 @@ def cmd_check(args) -> int:
     return EXIT_PROBLEMS if problems else EXIT_OK
 
 
+def cmd_firewall(args) -> int:
+    from . import firewall, ubus
+
+    cfg = _load(args.config)
+    desired = firewall.desired_sections(cfg)
+    if args.print:
+        sys.stdout.write(firewall.render(desired))
+        return EXIT_OK
+    client = ubus.connect(cfg.agent.ubus_socket)
+    if client is None:
+        print("no ubus here (python3-ubus or the ubus command); `wgagent firewall --print` shows the sections",
+              file=sys.stderr)
+        return EXIT_PROBLEMS
+    try:
+        result = firewall.FirewallWriter(client).sync(desired)
+    except (firewall.ForeignPending, OSError) as e:
+        print(f"firewall not written: {e}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    print("committed: created " + (",".join(result.created) or "-") + "; updated " +
+          (",".join(result.updated) or "-") + "; deleted " + (",".join(result.deleted) or "-")
+          if result.changed else "in step: nothing written, nothing committed")
+    return EXIT_OK
+
+
+def firewall_status(cfg) -> dict:
+    from . import firewall, ubus
+
+    desired = firewall.desired_sections(cfg)
+    out = {"transport": None, "sections": [], "error": None}
+    client = ubus.connect(cfg.agent.ubus_socket)
+    if client is None:
+        out["error"] = "no ubus here"
+        return out
+    out["transport"] = client.name
+    try:
+        owned = firewall.FirewallWriter(client).read_owned()
+    except OSError as e:
+        out["error"] = str(e)
+        return out
+    p = firewall.plan(desired, owned)
+    differ = {s.name for s in p.create + p.retype} | {s.name for s, _, _ in p.update}
+    for s in desired:
+        out["sections"].append({"name": s.name, "type": s.type,
+                                "state": "missing" if s.name not in owned else
+                                "differs" if s.name in differ else "ok"})
+    out["sections"] += [{"name": n, "type": owned[n][0], "state": "stale"} for n in p.delete]
+    return out
+
+
 def default_config() -> str:
     return os.environ.get("WGAGENT_CONFIG", config_mod.DEFAULT_UCI_PATH)
 
@@ -198,6 +258,9 @@ def main(argv=None) -> int:
     p.set_defaults(func=cmd_status)
     p = with_config(sub.add_parser("check", help="validate the config and report conflicts (exit 1)"))
     p.set_defaults(func=cmd_check)
+    p = with_config(sub.add_parser("firewall", help="write the firewall sections now, or --print them"))
+    p.add_argument("--print", action="store_true", help="print the sections in UCI syntax, change nothing")
+    p.set_defaults(func=cmd_firewall)
     args = parser.parse_args(argv)
     return args.func(args)
 

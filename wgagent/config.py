@@ -179,6 +179,14 @@ def table_name(num: int, tables: dict[str, int] | None = None) -> str:
 
 
 _UCI_NAME = re.compile(r"[A-Za-z0-9_]+\Z")
+POLICIES = ("ACCEPT", "REJECT", "DROP")
+NAT_TARGETS = ("MASQUERADE", "SNAT", "ACCEPT")
+
+
+def names(raw) -> tuple[str, ...]:
+    """An option or a list of names; a space-separated option counts as a list (fw4 style)."""
+    items = raw if isinstance(raw, list) else _scalar(raw).split()
+    return tuple(uci_name(v) for v in items)
 
 
 def uci_name(raw: str) -> str:
@@ -240,12 +248,43 @@ class ReturnPathConfig:
 
 
 @dataclass(frozen=True)
+class ZoneConfig:
+    """P4: a firewall zone for WireGuard networks, with its forwardings and port rule."""
+
+    name: str
+    networks: tuple[str, ...] = ()
+    input: str = "ACCEPT"
+    output: str = "ACCEPT"
+    forward: str = "REJECT"
+    masq: bool = False
+    masq_allow_invalid: bool = False
+    mtu_fix: bool = True
+    forward_to: tuple[str, ...] = ()
+    forward_from: tuple[str, ...] = ()
+    allow_port: int = 0  # 0: no rule
+    allow_from: str = "wan"
+
+
+@dataclass(frozen=True)
+class NatConfig:
+    name: str
+    src_ip: str
+    device: str = ""  # outgoing device, or ...
+    dest: str = ""  # ... outgoing zone
+    target: str = "MASQUERADE"
+    snat_ip: str = ""
+    family: str = "ipv4"
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     agent: AgentConfig = AgentConfig()
     interfaces: tuple[InterfaceConfig, ...] = ()
     peers: tuple[PeerConfig, ...] = ()
     return_paths: tuple[ReturnPathConfig, ...] = ()
+    zones: tuple[ZoneConfig, ...] = ()
+    nats: tuple[NatConfig, ...] = ()
     warnings: tuple[str, ...] = ()
     tables: dict[str, int] = field(default_factory=lambda: dict(BUILTIN_TABLES), compare=False)
 
@@ -305,12 +344,33 @@ SCHEMA: dict[str, dict[str, Converter]] = {
         "table": table,
         "gateway": lambda raw, tables: tuple(ip_address(v) for v in (raw if isinstance(raw, list) else [raw])),
     },
+    "zone": {
+        "network": _plain(lambda raw: names(raw)),
+        "input": _plain(choice(*POLICIES)),
+        "output": _plain(choice(*POLICIES)),
+        "forward": _plain(choice(*POLICIES)),
+        "masq": _plain(boolean),
+        "masq_allow_invalid": _plain(boolean),
+        "mtu_fix": _plain(boolean),
+        "forward_to": _plain(lambda raw: names(raw)),
+        "forward_from": _plain(lambda raw: names(raw)),
+        "allow_port": _plain(number(1, 65535, integer=True)),
+        "allow_from": _plain(uci_name),
+    },
+    "nat": {
+        "src_ip": _plain(lambda raw: prefix(raw) if "/" in _scalar(raw) else ip_address(raw)),
+        "device": _plain(ifname),
+        "dest": _plain(uci_name),
+        "target": _plain(choice(*NAT_TARGETS)),
+        "snat_ip": _plain(ip_address),
+        "family": _plain(choice("ipv4", "ipv6", "any")),
+    },
 }
-REQUIRED = {"peer": ("interface", "public_key"), "return_path": ("table",)}
+REQUIRED = {"peer": ("interface", "public_key"), "return_path": ("table",), "nat": ("src_ip",)}
 
 # YAML top-level keys: key -> (section type, is a single section named 'main')
 YAML_KEYS = {"agent": ("agent", True), "interfaces": ("interface", False), "peers": ("peer", False),
-             "return_paths": ("return_path", False)}
+             "return_paths": ("return_path", False), "zones": ("zone", False), "nats": ("nat", False)}
 
 
 @dataclass
@@ -348,6 +408,8 @@ def build(path: str, raw_sections: list[RawSection], tables: dict[str, int] | No
     interfaces: dict[str, InterfaceConfig] = {}
     peers: list[PeerConfig] = []
     return_paths: list[ReturnPathConfig] = []
+    zones: list[ZoneConfig] = []
+    nats: list[NatConfig] = []
     agents_seen = 0
     for raw in raw_sections:
         if raw.type not in SCHEMA:
@@ -369,6 +431,10 @@ def build(path: str, raw_sections: list[RawSection], tables: dict[str, int] | No
             peers.append(PeerConfig(name=raw.label, **values))
         elif raw.type == "return_path":
             return_paths.append(_return_path(path, raw.label, values))
+        elif raw.type == "zone":
+            zones.append(_zone(path, raw.label, values))
+        elif raw.type == "nat":
+            nats.append(_nat(path, raw.label, values))
     seen: dict[tuple[str, str], str] = {}
     for p in peers:
         if p.interface not in interfaces:
@@ -379,7 +445,38 @@ def build(path: str, raw_sections: list[RawSection], tables: dict[str, int] | No
                               f"the same peer is already configured in section '{seen[key]}'")
         seen[key] = p.name
     return Config(path=path, agent=agent, interfaces=tuple(interfaces.values()), peers=tuple(peers),
-                  return_paths=tuple(return_paths), warnings=tuple(warnings), tables=tables)
+                  return_paths=tuple(return_paths), zones=tuple(zones), nats=tuple(nats),
+                  warnings=tuple(warnings), tables=tables)
+
+
+def _zone(path: str, label: str, values: dict) -> ZoneConfig:
+    try:
+        uci_name(label)
+    except ValueError as e:
+        raise ConfigError(path, label, None, None, f"section name: {e}") from None
+    values.setdefault("networks", values.pop("network", (label,)))
+    for option in ("forward_to", "forward_from"):
+        if label in values.get(option, ()):
+            raise ConfigError(path, label, option, list(values[option]), "a zone cannot forward to itself")
+    return ZoneConfig(name=label, **values)
+
+
+def _nat(path: str, label: str, values: dict) -> NatConfig:
+    if bool(values.get("device")) == bool(values.get("dest")):
+        raise ConfigError(path, label, "device", values.get("device"),
+                          "set exactly one of 'device' (outgoing device) or 'dest' (outgoing zone)")
+    target = values.get("target", "MASQUERADE")
+    if target == "SNAT" and not values.get("snat_ip"):
+        raise ConfigError(path, label, "snat_ip", None, "target SNAT needs snat_ip")
+    if target != "SNAT" and values.get("snat_ip"):
+        # fw4 drops such a section ("must not use 'snat_ip' for non-snat target")
+        raise ConfigError(path, label, "snat_ip", values["snat_ip"], f"snat_ip is only for target SNAT, not {target}")
+    family = values.get("family", "ipv4")
+    for option in ("src_ip", "snat_ip"):
+        v = values.get(option)
+        if v and family != "any" and (":" in v) != (family == "ipv6"):
+            raise ConfigError(path, label, option, v, f"not an {family} address")
+    return NatConfig(name=label, **values)
 
 
 def _return_path(path: str, label: str, values: dict) -> ReturnPathConfig:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from . import config as config_mod
 from . import log as log_mod
-from . import netifd
+from . import netifd, ubus
 from .config import Config, ConfigError
 from .model import Route, Rule
 from .policy import (Desired, PathState, PeerVerdict, desired_rules, desired_state, plan_routes, plan_rules,
@@ -60,6 +60,8 @@ class Daemon:
         self.problems_warned: set = set()
         self.path_seen: dict[str, tuple] = {}
         self.last_desired = Desired()
+        self.firewall = None  # a firewall.FirewallSync, when the runner starts one
+        self._ubus = None  # connected on first use (a network name to resolve)
 
     # --- one pass
 
@@ -80,7 +82,9 @@ class Daemon:
         device = rp.device
         if rp.network:
             try:
-                device = netifd.resolve(rp.network, self.config.agent.ubus_socket or None)
+                if self._ubus is None:
+                    self._ubus = ubus.connect(self.config.agent.ubus_socket)
+                device = netifd.resolve(rp.network, self._ubus)
             except netifd.ResolveError as e:
                 return PathState(rp.name, error=str(e))
         link = links.get(device)
@@ -278,6 +282,12 @@ class Daemon:
     # --- reload
 
     def reload(self) -> bool:
+        ok = self._reload()
+        if ok and self.firewall is not None:
+            self.firewall.nudge(self.config)
+        return ok
+
+    def _reload(self) -> bool:
         try:
             new = config_mod.load(self.config.path)
         except ConfigError as e:
@@ -317,6 +327,8 @@ class Runner:
             signal.signal(sig, self._on_signal)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         d = self.daemon
+        if d.firewall is not None:
+            d.firewall.start()
         d.log.info("started", pid=os.getpid(), interfaces=",".join(i.name for i in d.config.interfaces) or "-",
                    poll_interval=d.config.agent.poll_interval)
         next_poll = 0.0
@@ -339,6 +351,8 @@ class Runner:
                     d.dirty = True
                     d.reconcile()
         signal.set_wakeup_fd(-1)
+        if d.firewall is not None:
+            d.firewall.stop()  # firewall sections are configuration: they stay
         name = signal.Signals(self.stop_signal).name
         if d.config.agent.keep_routes_on_stop:
             d.log.info("stopping", signal=name, routes="kept (keep_routes_on_stop)")

@@ -8,30 +8,19 @@ that tells the user to name the device instead.
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
-
 
 class ResolveError(LookupError):
     pass
 
 
-def resolve(network: str, socket_path: str | None = None, timeout: float = 3.0) -> str:
-    ubus = shutil.which("ubus")
-    if ubus is None:
+def resolve(network: str, client) -> str:
+    """client: a wgagent.ubus client, or None where there is no ubus."""
+    if client is None:
         raise ResolveError(f"cannot resolve network '{network}': no ubus here; use option device instead")
-    cmd = [ubus] + (["-s", socket_path] if socket_path else []) + ["call", f"network.interface.{network}", "status"]
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise ResolveError(f"ubus did not answer for network '{network}' within {timeout:g}s") from None
-    if r.returncode != 0:
-        raise ResolveError(f"network '{network}' unknown to netifd ({r.stderr.strip() or r.returncode})")
-    try:
-        status = json.loads(r.stdout)
-    except json.JSONDecodeError:
-        raise ResolveError(f"unexpected answer from ubus for network '{network}'") from None
+        status = client.call(f"network.interface.{network}", "status", {}, timeout=3)
+    except OSError as e:
+        raise ResolveError(f"network '{network}' unknown to netifd ({e.strerror})") from None
     device = status.get("l3_device") or status.get("device")
     if not device:
         raise ResolveError(f"network '{network}' has no device now (up: {status.get('up')})")

@@ -1,0 +1,422 @@
+"""Firewall sections: the pure part table-driven, the writer against the rpcd double
+(tests/ubus_double) over both transports, and golden files of S1's two routers."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from wgagent import config as config_mod
+from wgagent import firewall, uci
+from wgagent import ubus as ubus_mod
+from wgagent.config import ConfigError
+from wgagent.firewall import OWNED_PREFIX, ForeignPending, Section
+
+from .ubus_double.server import UbusDouble
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = os.path.join(HERE, "data")
+GOLDEN = os.path.join(HERE, "golden")
+BIN = os.path.join(HERE, "ubus_double", "bin")
+PYMOD = os.path.join(HERE, "ubus_double", "pymod")
+
+
+def load(tmp_path, text: str):
+    path = tmp_path / "wgagent"
+    path.write_text(text)
+    return config_mod.load(str(path), {})
+
+
+# --- config validation
+
+
+@pytest.mark.parametrize("body,fragment", [
+    ("config zone 'wg0'\n\toption input 'MAYBE'\n", "section 'wg0', option 'input', value 'MAYBE'.*one of ACCEPT"),
+    ("config zone 'wg0'\n\toption allow_port '99999'\n", "option 'allow_port', value '99999'.*out of range"),
+    ("config zone 'wg0'\n\tlist forward_to 'l-an'\n", "option 'forward_to'.*name"),
+    ("config zone 'wg0'\n\tlist forward_to 'wg0'\n", "option 'forward_to'.*cannot forward to itself"),
+    ("config zone 'wg0'\n\toption masq 'perhaps'\n", "option 'masq', value 'perhaps'.*boolean"),
+    ("config nat 'n'\n\toption device 'wg_s2s'\n", "section 'n', option 'src_ip'.*required"),
+    ("config nat 'n'\n\toption src_ip '10.0.31.0/33'\n\toption device 'x'\n", "option 'src_ip', value '10.0.31.0/33'"),
+    ("config nat 'n'\n\toption src_ip '10.0.31.0/24'\n", "option 'device'.*exactly one of"),
+    ("config nat 'n'\n\toption src_ip '10.0.31.0/24'\n\toption device 'a'\n\toption dest 'lan'\n", "exactly one"),
+    ("config nat 'n'\n\toption src_ip '10.0.31.0/24'\n\toption device 'a'\n\toption target 'SNAT'\n",
+     "option 'snat_ip'.*target SNAT needs snat_ip"),
+    ("config nat 'n'\n\toption src_ip '10.0.31.0/24'\n\toption device 'a'\n\toption snat_ip '192.0.2.1'\n",
+     "option 'snat_ip', value '192.0.2.1'.*only for target SNAT"),
+    ("config nat 'n'\n\toption src_ip '10.0.31.0/24'\n\toption device 'a'\n\toption target 'DNAT'\n",
+     "option 'target', value 'DNAT'"),
+    ("config nat 'n'\n\toption src_ip 'fd31::/64'\n\toption device 'a'\n", "option 'src_ip', value 'fd31::/64'.*ipv4"),
+    ("config nat 'n'\n\toption src_ip '10.0.31.0/24'\n\toption device 'a'\n\toption family 'ipx'\n", "family"),
+])
+def test_config_errors(tmp_path, body, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load(tmp_path, body)
+
+
+# --- pure: config -> sections, sections -> plan
+
+def sections_of(tmp_path, text):
+    return firewall.desired_sections(load(tmp_path, text))
+
+
+def test_zone_sections(tmp_path):
+    got = sections_of(tmp_path, "config zone 'wg0'\n\tlist forward_to 'lan'\n\tlist forward_from 'lan'\n"
+                                "\toption allow_port '51820'\n")
+    assert [(s.name, s.type) for s in got] == [
+        ("wgagent_zone_wg0", "zone"), ("wgagent_fwd_wg0_to_lan", "forwarding"),
+        ("wgagent_fwd_lan_to_wg0", "forwarding"), ("wgagent_rule_wg0_port", "rule")]
+    zone, _, _, rule = got
+    assert zone.as_dict() == {"name": "wg0", "network": ["wg0"], "input": "ACCEPT", "output": "ACCEPT",
+                              "forward": "REJECT", "masq": "0", "masq_allow_invalid": "0", "mtu_fix": "1"}
+    assert rule.as_dict()["target"] == "ACCEPT" and rule.as_dict()["dest_port"] == "51820"  # fw4: always a target
+
+
+NATS = [
+    ("masquerade out of a device", "option device 'wg_s2s'\n",
+     {"src": "*", "device": "wg_s2s", "target": "MASQUERADE"}),
+    ("snat into a zone", "option dest 'wan'\n\toption target 'SNAT'\n\toption snat_ip '192.0.2.1'\n",
+     {"src": "wan", "target": "SNAT", "snat_ip": "192.0.2.1"}),
+    ("accept (no nat)", "option device 'wg_s2s'\n\toption target 'ACCEPT'\n", {"target": "ACCEPT"}),
+]
+
+
+@pytest.mark.parametrize("name,extra,expected", NATS, ids=[n[0] for n in NATS])
+def test_nat_sections(tmp_path, name, extra, expected):
+    (nat,) = sections_of(tmp_path, "config nat 'pool'\n\toption src_ip '10.0.31.0/24'\n\t" + extra)
+    values = nat.as_dict()
+    assert nat.name == "wgagent_nat_pool" and nat.type == "nat"
+    assert values["src_ip"] == "10.0.31.0/24" and values["family"] == "ipv4"
+    assert {k: values.get(k) for k in expected} == expected
+
+
+Z = Section.make("wgagent_zone_wg0", "zone", {"name": "wg0", "network": ["wg0"], "input": "ACCEPT"})
+F = Section.make("wgagent_fwd_wg0_to_lan", "forwarding", {"src": "wg0", "dest": "lan"})
+
+PLANS = [
+    ("in step", [Z, F], {Z.name: ("zone", Z.as_dict()), F.name: ("forwarding", F.as_dict())}, [], [], [], []),
+    ("missing is created", [Z, F], {Z.name: ("zone", Z.as_dict())}, [F.name], [], [], []),
+    ("changed option is set", [Z], {Z.name: ("zone", {**Z.as_dict(), "input": "DROP"})},
+     [], [(Z.name, {"input": "ACCEPT"}, [])], [], []),
+    ("list changed", [Z], {Z.name: ("zone", {**Z.as_dict(), "network": ["wg0", "old"]})},
+     [], [(Z.name, {"network": ["wg0"]}, [])], [], []),
+    ("extra option deleted", [Z], {Z.name: ("zone", {**Z.as_dict(), "masq": "1"})}, [], [(Z.name, {}, ["masq"])], [], []),
+    ("type changed under us", [Z], {Z.name: ("rule", Z.as_dict())}, [], [], [Z.name], []),
+    ("owned but no longer wanted", [], {Z.name: ("zone", Z.as_dict())}, [], [], [], [Z.name]),
+]
+
+
+@pytest.mark.parametrize("name,desired,owned,create,update,retype,delete", PLANS, ids=[p[0] for p in PLANS])
+def test_plan(name, desired, owned, create, update, retype, delete):
+    p = firewall.plan(desired, owned)
+    assert [s.name for s in p.create] == create
+    assert [(s.name, st, de) for s, st, de in p.update] == update
+    assert [s.name for s in p.retype] == retype and p.delete == delete
+    assert bool(p) == bool(create or update or retype or delete)
+
+
+def test_owned_from_get_ignores_every_other_section():
+    reply = {"values": {"lan": {".type": "zone", "name": "lan"},
+                        "wgagent_zone_wg0": {".anonymous": False, ".type": "zone", ".name": "wgagent_zone_wg0",
+                                             ".index": 3, "name": "wg0"},
+                        "cfg1592bd": {".type": "rule", "name": "wgagent-lookalike"}}}
+    assert firewall.owned_from_get(reply) == {"wgagent_zone_wg0": ("zone", {"name": "wg0"})}
+
+
+# --- the writer against the rpcd double, over both transports
+
+
+@pytest.fixture
+def double(tmp_path):
+    confdir = tmp_path / "config"
+    confdir.mkdir()
+    (confdir / "firewall").write_text(open(os.path.join(DATA, "firewall.base")).read())
+    (confdir / "network").write_text("config interface 'lan'\n\toption proto 'static'\n")
+    d = UbusDouble(str(tmp_path / "ubus.sock"), str(confdir))
+    yield d
+    d.close()
+
+
+@pytest.fixture(params=["python-ubus", "ubus-cli"])
+def client(request, double, monkeypatch):
+    """A wgagent ubus client as picked by ubus.connect(), over each transport."""
+    if request.param == "python-ubus":
+        monkeypatch.syspath_prepend(PYMOD)
+        sys.modules.pop("ubus", None)
+        ubus_mod._python_clients.clear()
+    else:
+        monkeypatch.setitem(sys.modules, "ubus", None)  # import ubus fails: as on a host without it
+        monkeypatch.setenv("PATH", BIN + os.pathsep + os.environ["PATH"])
+    c = ubus_mod.connect(double.path)
+    assert c is not None and c.name == request.param
+    yield c
+    if request.param == "python-ubus":
+        mod = sys.modules.get("ubus")
+        if mod is not None and mod.get_connected():
+            mod.disconnect()
+        sys.modules.pop("ubus", None)
+        ubus_mod._python_clients.clear()
+
+
+def file_sections(double) -> list[tuple]:
+    with open(os.path.join(double.uci.confdir, "firewall")) as f:
+        return [(s.type, s.name, s.options) for s in uci.parse(f.read())]
+
+
+def foreign(double) -> list[tuple]:
+    return [s for s in file_sections(double) if not (s[1] or "").startswith(OWNED_PREFIX)]
+
+
+def writes(double) -> list[str]:
+    return [m for m, _ in double.uci.calls if m in ("add", "set", "delete", "commit", "revert")]
+
+
+def op_config(tmp_path, router: str):
+    return load(tmp_path, open(os.path.join(DATA, f"s1_{router}.wgagent")).read())
+
+
+def test_sync_writes_commits_once_and_then_nothing(tmp_path, double, client):
+    before = foreign(double)
+    desired = firewall.desired_sections(op_config(tmp_path, "op1"))
+    result = firewall.FirewallWriter(client).sync(desired)
+    assert result.changed and sorted(result.created) == sorted(s.name for s in desired)
+    assert writes(double).count("commit") == 1 and len(double.uci.events) == 1
+    assert foreign(double) == before  # nothing of anybody else's changed
+    double.uci.calls.clear()
+    again = firewall.FirewallWriter(client).sync(desired)
+    assert not again.changed
+    assert writes(double) == []  # idempotent: no write and no commit (a commit would reload fw4)
+    assert len(double.uci.events) == 1
+
+
+@pytest.mark.parametrize("router", ["op1", "op2"])
+def test_golden_firewall_file(tmp_path, double, client, router):
+    firewall.FirewallWriter(client).sync(firewall.desired_sections(op_config(tmp_path, router)))
+    with open(os.path.join(double.uci.confdir, "firewall")) as f:
+        written = f.read()
+    golden = os.path.join(GOLDEN, f"s1_{router}.firewall")
+    if os.environ.get("WGAGENT_UPDATE_GOLDEN"):
+        with open(golden, "w") as f:
+            f.write(written)
+    with open(golden) as f:
+        assert written == f.read()
+
+
+def test_foreign_pending_changes_are_never_committed(tmp_path, double, client):
+    # somebody's `uci set` without commit (shared delta, no session)
+    client.call("uci", "set", {"config": "firewall", "section": "lan", "values": {"input": "DROP"}})
+    before = file_sections(double)
+    with pytest.raises(ForeignPending):
+        firewall.FirewallWriter(client).sync(firewall.desired_sections(op_config(tmp_path, "op1")))
+    assert file_sections(double) == before and "commit" not in writes(double)
+    assert client.call("uci", "changes", {"config": "firewall"})["changes"] == [["set", "lan", "input", "DROP"]]
+
+
+def test_partial_failure_is_reverted(tmp_path, double, client):
+    before = file_sections(double)
+    double.uci.fail_after = 3  # the fourth write call fails
+    with pytest.raises(ubus_mod.UbusError):
+        firewall.FirewallWriter(client).sync(firewall.desired_sections(op_config(tmp_path, "op1")))
+    assert file_sections(double) == before  # nothing half-written
+    assert client.call("uci", "changes", {"config": "firewall"})["changes"] == []
+    assert "commit" not in writes(double) and writes(double)[-1] == "revert"
+    # and the next pass writes it all
+    assert firewall.FirewallWriter(client).sync(firewall.desired_sections(op_config(tmp_path, "op1"))).changed
+
+
+def test_our_own_leftover_pending_changes_are_reverted_first(tmp_path, double, client):
+    client.call("uci", "add", {"config": "firewall", "type": "zone", "name": "wgagent_zone_half"})
+    firewall.FirewallWriter(client).sync(firewall.desired_sections(op_config(tmp_path, "op1")))
+    assert "wgagent_zone_half" not in [s[1] for s in file_sections(double)]
+
+
+def test_removed_from_config_removed_from_firewall(tmp_path, double, client):
+    w = firewall.FirewallWriter(client)
+    w.sync(firewall.desired_sections(op_config(tmp_path, "op1")))
+    smaller = load(tmp_path, "config zone 'wg0'\n\tlist forward_to 'lan'\n")
+    result = w.sync(firewall.desired_sections(smaller))
+    names = [s[1] for s in file_sections(double) if (s[1] or "").startswith(OWNED_PREFIX)]
+    assert names == ["wgagent_zone_wg0", "wgagent_fwd_wg0_to_lan"]
+    assert "wgagent_nat_pool_via_s2s" in result.deleted and "wgagent_zone_s2s" in result.deleted
+
+
+def test_upsert_trap_lists_are_replaced_not_appended(tmp_path, double, client):
+    # an owned zone that somebody edited: its network list holds an extra entry
+    client.call("uci", "add", {"config": "firewall", "type": "zone", "name": "wgagent_zone_wg0",
+                               "values": {"name": "wg0", "network": ["wg0", "wg7"]}})
+    client.call("uci", "commit", {"config": "firewall"})
+    # what a naive writer would get from add: the list appended to
+    client.call("uci", "add", {"config": "firewall", "type": "zone", "name": "wgagent_zone_wg0",
+                               "values": {"network": ["wg0"]}})
+    assert client.call("uci", "get", {"config": "firewall", "section": "wgagent_zone_wg0", "option": "network"}) \
+        == {"value": ["wg0", "wg7", "wg0"]}
+    client.call("uci", "revert", {"config": "firewall"})
+    firewall.FirewallWriter(client).sync(firewall.desired_sections(load(tmp_path, "config zone 'wg0'\n")))
+    zone = next(s for s in file_sections(double) if s[1] == "wgagent_zone_wg0")
+    assert zone[2]["network"] == ["wg0"]
+
+
+def test_a_section_removed_by_another_tool_is_restored_and_logged(tmp_path, double, client):
+    events = []
+
+    class Log:
+        def info(self, event, **kw):
+            events.append((event, kw))
+
+        warning = info
+
+    sync = firewall.FirewallSync(op_config(tmp_path, "op1"), Log(), connect=lambda sock: client)
+    sync.sync_once(client)
+    client.call("uci", "delete", {"config": "firewall", "section": "wgagent_rule_wg0_port"})
+    client.call("uci", "commit", {"config": "firewall"})
+    sync.sync_once(client)
+    assert "wgagent_rule_wg0_port" in [s[1] for s in file_sections(double)]
+    restored = [kw for e, kw in events if e == "firewall_restored"]
+    assert restored and restored[0]["sections"] == "wgagent_rule_wg0_port"
+
+
+# --- recorded rpcd and CLI behaviour, as the double reproduces it
+
+
+def test_cli_exit_codes_and_messages(double, monkeypatch):
+    env = dict(os.environ, PATH=BIN + os.pathsep + os.environ["PATH"])
+
+    def ubus(*args):
+        return subprocess.run(["ubus", "-s", double.path, *args], capture_output=True, text=True, env=env)
+
+    r = ubus("call", "uci", "set", '{"config":"firewall","section":"does_not_exist","values":{"input":"ACCEPT"}}')
+    assert r.returncode == 252 and r.stderr.strip() == (
+        'Command failed: ubus call uci set {"config":"firewall","section":"does_not_exist",'
+        '"values":{"input":"ACCEPT"}} (Not found)')
+    r = ubus("call", "uci", "add", '{"config":"firewall","type":"bad type"}')
+    assert r.returncode == 254 and r.stderr.strip().endswith("(Invalid argument)")
+    r = ubus("call", "uci", "get", '{"config":"firewall","section":"no_such_section"}')
+    assert r.returncode == 0 and r.stdout == ""  # status 0, no data
+    r = ubus("call", "uci", "commit", '{"config":"firewall"}')
+    assert r.returncode == 0 and r.stdout == ""
+    r = ubus("call", "uci", "add", '{"config":"firewall","type":"zone","name":"wgagent_x","values":{"network":["a"]}}')
+    assert r.stdout == '{\n\t"section": "wgagent_x"\n}\n'
+
+
+def test_python_ubus_standin_behaviour(double, monkeypatch):
+    monkeypatch.syspath_prepend(PYMOD)
+    sys.modules.pop("ubus", None)
+    mod = importlib.import_module("ubus")
+    try:
+        assert mod.connect(socket_path=double.path) is True
+        with pytest.raises(RuntimeError, match="already connected"):
+            mod.connect(socket_path=double.path)
+        assert mod.call("uci", "get", {"config": "firewall", "section": "missing"}) == []
+        with pytest.raises(RuntimeError, match="^ubus error occured: Not found$"):
+            mod.call("uci", "set", {"config": "firewall", "section": "missing", "values": {"a": "b"}})
+        with pytest.raises(RuntimeError, match="Object 'nosuchobject' was not found"):
+            mod.call("nosuchobject", "get", {})
+        with pytest.raises(TypeError):
+            mod.call("uci", "get", "firewall")
+        assert mod.call("uci", "commit", {"config": "firewall"}) == []
+    finally:
+        mod.disconnect()
+        sys.modules.pop("ubus", None)
+
+
+RECORDED = [
+    # (calls before, the call, expected status, expected data) from shared/openwrt/rpcd-uci
+    ([], ("add", {"config": "nosuchconfig", "type": "zone"}), 4, None),
+    ([], ("get", {"config": "../etc/passwd"}), 4, None),
+    ([], ("get", {"config": "fire wall"}), 2, None),
+    ([], ("add", {"config": "firewall", "type": "zone", "name": "wgagent-wg0"}), 2, None),
+    ([], ("add", {"config": "firewall", "type": "zone", "name": "wgagent_x", "values": {"good": "1", "bad-opt": "2"}}),
+     2, None),
+    ([], ("set", {"config": "firewall", "section": "wg_wan_in", "values": {"x": 1.5}}), 2, None),
+    ([], ("delete", {"config": "firewall", "section": "wg_wan_in", "options": ["nope1", "nope2"]}), 4, None),
+    ([("add", {"config": "firewall", "type": "zone", "name": "wgagent_wg0", "values": {"network": ["wg0"]}})],
+     ("set", {"config": "firewall", "section": "wgagent_wg0", "values": {"network": ["wg1", "wg2"]}}), 0, None),
+    ([("add", {"config": "firewall", "type": "rule", "name": "wg_wan_in", "values": {"name": "x"}})],
+     ("get", {"config": "firewall", "section": "wg_wan_in", "option": "proto"}), 0, {"value": "udp"}),
+]
+
+
+@pytest.mark.parametrize("before,call,status,data", RECORDED)
+def test_recorded_rpcd_answers(double, before, call, status, data):
+    from .ubus_double.rpcd import UbusStatus
+
+    for method, args in before:
+        double.uci.call(method, args)
+    try:
+        got = (0, double.uci.call(*call))
+    except UbusStatus as e:
+        got = (e.status, None)
+    assert got == (status, data)
+
+
+def test_set_replaces_a_list_in_the_delta(double):
+    u = double.uci
+    u.call("add", {"config": "firewall", "type": "zone", "name": "wgagent_wg0", "values": {"network": ["wg0"]}})
+    u.call("set", {"config": "firewall", "section": "wgagent_wg0", "values": {"network": ["wg1"], "masq": True}})
+    assert u.call("changes", {"config": "firewall"})["changes"][-3:] == [
+        ["remove", "wgagent_wg0", "network"], ["list-add", "wgagent_wg0", "network", "wg1"],
+        ["set", "wgagent_wg0", "masq", "1"]]
+    # add with a name of an existing section of another type silently changes its type
+    u.call("add", {"config": "firewall", "type": "zone", "name": "wg_wan_in", "values": {"name": "oops"}})
+    assert u.call("get", {"config": "firewall", "section": "wg_wan_in"})["values"][".type"] == "zone"
+    # delete by type+match ignores keys a section lacks: it takes unrelated rules too
+    u.call("revert", {"config": "firewall"})
+    u.call("delete", {"config": "firewall", "type": "rule", "match": {"icmp_type": "echo-request", "family": "ipv4"}})
+    removed = [c[1] for c in u.call("changes", {"config": "firewall"})["changes"]]
+    assert len(removed) == 2 and "wg_wan_in" in removed  # the WireGuard rule went too
+
+
+# --- the daemon side: never waits on ubus
+
+
+def test_firewall_sync_runs_beside_and_reports_unavailable_once(tmp_path):
+    events = []
+
+    class Log:
+        def info(self, event, **kw):
+            events.append(event)
+
+        warning = info
+
+    sync = firewall.FirewallSync(op_config(tmp_path, "op1"), Log(), connect=lambda sock: None)
+    sync.start()
+    for _ in range(3):
+        sync.nudge()
+        time.sleep(0.05)
+    sync.stop()
+    assert events == ["firewall_unavailable"]
+
+
+def test_slow_rpcd_does_not_block_the_caller(tmp_path, double, client):
+    double.delay = 0.5
+    done = threading.Event()
+
+    class Log:
+        def info(self, event, **kw):
+            if event == "firewall_committed":
+                done.set()
+
+        warning = info
+
+    sync = firewall.FirewallSync(op_config(tmp_path, "op1"), Log(), connect=lambda sock: client)
+    started = time.monotonic()
+    sync.start()
+    sync.nudge()
+    assert time.monotonic() - started < 0.2  # the caller (the route loop) goes on at once
+    assert done.wait(60)
+    sync.stop()
+
+
+def test_print_shows_the_sections_without_ubus(tmp_path):
+    path = os.path.join(DATA, "s1_op1.wgagent")
+    r = subprocess.run([sys.executable, "-m", "wgagent", "firewall", "--print", "--config", path],
+                       capture_output=True, text=True, env=dict(os.environ, PATH="/usr/bin:/bin"))
+    assert r.returncode == 0, r.stderr
+    assert "config zone 'wgagent_zone_wg0'" in r.stdout and "config nat 'wgagent_nat_pool_via_s2s'" in r.stdout
+    assert uci.parse(r.stdout)  # valid UCI
