@@ -15,8 +15,14 @@ from .lab import Lab, Netns
 PROTO = str(RTPROT_WGAGENT)
 
 
+# Functional deadlines stretch on a slow machine: the test VM runs under software
+# emulation (TCG) and sets WGAGENT_TEST_SLOWDOWN.
+SLOWDOWN = float(os.environ.get("WGAGENT_TEST_SLOWDOWN", "1"))
+
+
 def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
     """Poll until predicate() is truthy; return its value, or fail naming what was awaited."""
+    timeout *= SLOWDOWN
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
