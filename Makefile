@@ -4,13 +4,14 @@
 
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
-APT_PKGS  := wireguard-tools wireguard-go iproute2 iputils-ping busybox shellcheck
+APT_PKGS  := wireguard-tools wireguard-go iproute2 iputils-ping busybox-static shellcheck kmod qemu-system-x86 file
 PYTEST    ?= $(PY) -m pytest
 
-.PHONY: deps venv test unit demo ipk feed-src install clean
+.PHONY: deps venv test test-kernel unit demo bench ipk feed-src install clean
 
 deps: venv
-	@missing=""; for t in wg wireguard-go ip ping busybox shellcheck; do command -v $$t >/dev/null || missing=1; done; \
+	@missing=""; for t in wg wireguard-go ip ping busybox shellcheck depmod qemu-system-x86_64 file; do \
+		command -v $$t >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 		echo ">> installing $(APT_PKGS)"; \
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
@@ -25,14 +26,34 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install -q -e . pytest
 	touch $@
 
-test: deps
+# OpenWrt 24.10 ships python3-pyroute2 0.7.9: the suite runs on it too
+VENV079   ?= .venv-pyroute2-079
+$(VENV079)/.installed: setup.py
+	python3 -m venv $(VENV079)
+	$(VENV079)/bin/python -m pip install -q --upgrade pip
+	$(VENV079)/bin/python -m pip install -q pyroute2==0.7.9 structlog pyyaml pytest
+	$(VENV079)/bin/python -m pip install -q --no-deps -e .
+	touch $@
+
+# the whole suite: pyroute2 0.9 (the venv), pyroute2 0.7.9, and kernel WireGuard in a VM
+test: deps $(VENV079)/.installed
 	$(PYTEST) -v -rs tests
+	$(VENV079)/bin/python -m pytest -q -rs -p no:cacheprovider tests
+	$(MAKE) --no-print-directory test-kernel
+
+# kernel WireGuard: Debian's kernel under qemu, this checkout's tests inside (tests/vm)
+test-kernel: deps
+	python3 tests/vm/run_vm.py; rc=$$?; [ $$rc -eq 77 ] && echo "kernel tests skipped (see above)" && rc=0; exit $$rc
 
 unit: venv
 	$(PYTEST) -q tests -m "not root"
 
 demo: deps
 	$(PY) demo/s1_roaming.py
+
+# convergence, scale and footprint against hand-written baselines; writes bench/RESULTS.md
+bench: deps
+	$(PY) bench/run.py
 
 # wgagent_<version>-r<release>_all.ipk in dist/, built without the OpenWrt SDK
 ipk: venv
@@ -60,4 +81,4 @@ install:
 	@echo "installed; now: systemctl daemon-reload && systemctl enable --now wgagent"
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info openwrt-package/wgagent/src
+	rm -rf $(VENV) $(VENV079) .cache build dist *.egg-info openwrt-package/wgagent/src

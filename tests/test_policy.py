@@ -146,8 +146,8 @@ SUPPRESS6 = Rule(AF_INET6, 5000, 254, suppress_prefixlen=0)
 
 
 def test_peer_rules_skip_default_prefixes():
-    assert peer_rules(None, 5000, ["10.0.31.5/32"]) == ()
-    assert peer_rules(200, 5000, ["10.0.31.5/32", "fd31::5/128", "0.0.0.0/0"]) == (
+    assert peer_rules(None, 5000, ("10.0.31.5/32",)) == ()
+    assert peer_rules(200, 5000, ("10.0.31.5/32", "fd31::5/128", "0.0.0.0/0")) == (
         Rule(AF_INET, 5100, 200, "10.0.31.5", 32), Rule(AF_INET6, 5100, 200, "fd31::5", 128))
 
 

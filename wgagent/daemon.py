@@ -54,7 +54,6 @@ class Daemon:
         self.dirty = True
         self.activity: dict = {}
         self.was_up: dict[tuple[str, str], PeerVerdict] = {}
-        self.owners: dict[Route | Rule, str] = {}  # who wanted what we installed: for removal logs
         self.iface_errors: dict[str, str] = {}
         self.conflicts_warned: set = set()
         self.problems_warned: set = set()
@@ -119,21 +118,31 @@ class Daemon:
         if self.config.agent.enabled:
             self._warn_problems(desired_rules(self.config, desired, self.view.paths))
             self._log_paths(self.view.paths)
-        wanted_routes = {**{r: f"peer {v.label}" for r, v in desired.routes.items()}, **desired.path_routes}
+        wanted_routes = set(desired.routes)
+        wanted_routes.update(desired.path_routes)
         plan = plan_routes(wanted_routes, self.view.owned, self.view.foreign, desired.frozen)
         rule_plan = plan_rules(desired.rules, self.view.rules)
         self._warn_conflicts(plan.conflicts)
-        owners = {**wanted_routes, **desired.rules}
-        self._apply(plan, rule_plan, links, owners, desired)
+        if plan or rule_plan:
+            self._apply(plan, rule_plan, links, desired)
         self.last_desired = desired
-        self.owners = owners
 
-    def _apply(self, plan, rule_plan, links, owners, desired: Desired) -> None:
+    def _owner(self, item, desired: Desired) -> str:
+        """Who wants (or wanted) a route or rule: "peer <label>", "return_path <name>", "-"."""
+        for d in (desired, self.last_desired):
+            v = d.routes.get(item)
+            if v is not None:
+                return f"peer {v.label}"
+            who = d.path_routes.get(item) or d.rules.get(item)
+            if who is not None:
+                return who
+        return "-"
+
+    def _apply(self, plan, rule_plan, links, desired: Desired) -> None:
         done: dict[tuple[str, str, str], list] = {}
 
         def note(event, item, iface=""):
-            owner = owners.get(item) or self.owners.get(item) or "-"
-            done.setdefault((event, iface, owner), []).append(item)
+            done.setdefault((event, iface, self._owner(item, desired)), []).append(item)
 
         for rule in rule_plan.delete:
             if self._try("rule_remove_failed", self.rtnl.delete_rule, rule, rule=rule.describe()):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
+from functools import lru_cache
 
 # wgagent's rtnetlink protocol number: it tags every route (and rule) wgagent owns,
 # so that a restart can find them and nothing of anybody else's is touched.
@@ -90,3 +92,10 @@ class Rule:
 def kernel_metric(family: int, metric: int) -> int:
     """The metric the kernel stores: IPv6 turns 0 into 1024 (IP6_RT_PRIO_USER)."""
     return 1024 if family == AF_INET6 and metric == 0 else metric
+
+
+@lru_cache(maxsize=1 << 16)
+def normalize_prefix(text: str) -> str:
+    """'fd77:0::1/128' -> 'fd77::1/128'. Cached: each poll sees the same AllowedIPs
+    again, and parsing them afresh was most of a steady-state cycle at scale."""
+    return str(ipaddress.ip_network(text, strict=False))

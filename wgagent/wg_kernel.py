@@ -14,7 +14,7 @@ import base64
 import errno as errno_
 import ipaddress
 
-from .model import Peer
+from .model import Peer, normalize_prefix
 
 NLM_F_DUMP_INTR = 0x10
 DUMP_RETRIES = 5
@@ -61,7 +61,7 @@ def _allowed_ip(aip) -> str | None:
         raw = bytes.fromhex(get("WGALLOWEDIP_A_IPADDR").replace(":", ""))
         net = ipaddress.ip_address(raw if family == 10 else raw[:4])
         addr = f"{net}/{get('WGALLOWEDIP_A_CIDR_MASK')}"
-    return str(ipaddress.ip_network(addr, strict=False))
+    return normalize_prefix(addr)
 
 
 def merge_dump(messages) -> tuple[tuple[Peer, ...], bool]:

@@ -8,11 +8,10 @@ ended by errno=N and an empty line. Keys are hex here (base64 everywhere else).
 from __future__ import annotations
 
 import base64
-import ipaddress
 import os
 import socket
 
-from .model import Peer
+from .model import Peer, normalize_prefix
 
 SOCKET_DIR = "/var/run/wireguard"
 
@@ -84,7 +83,7 @@ def parse(answer: bytes) -> tuple[Peer, ...]:
             elif cur is None:
                 continue  # interface-level keys: private_key, listen_port, fwmark
             elif key == "allowed_ip":
-                cur["ips"].append(str(ipaddress.ip_network(value, strict=False)))
+                cur["ips"].append(normalize_prefix(value))
             elif key == "endpoint":
                 cur["endpoint"] = value
             elif key == "last_handshake_time_sec":

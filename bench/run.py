@@ -1,0 +1,433 @@
+#!/usr/bin/env python3
+"""wgagent benchmarks: convergence, scale and footprint, against hand-written baselines.
+
+Everything runs in network namespaces with real WireGuard (wireguard-go); timings
+are medians and p95 over repeated runs, and every figure also stands as a ratio
+against a baseline measured in the same run, because the machines are shared.
+Writes bench/RESULTS.md. Run as root: `make bench`.
+
+    phone ns (wgc, keepalive) ── veth ── router ns (wg0 + wgagent)     detection, repair
+    router ns: wireguard-go wg0 with N peers (`wg setconf`), and
+               bench/uapi_proxy.py at /run/wireguard/wg0.sock serving   scale, footprint
+               wireguard-go's answers with chosen peers "handshaken"
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import os
+import platform
+import random
+import resource
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+from tests.daemonctl import Agent, wait_for  # noqa: E402
+from tests.lab import Lab, genkey  # noqa: E402
+from wgagent.model import RTPROT_WGAGENT  # noqa: E402
+
+QUICK = os.environ.get("WGAGENT_BENCH_QUICK") == "1"
+TRIALS = 8 if QUICK else 30
+SIZES = (10, 100, 1000) if QUICK else (10, 100, 1000, 10000)
+RESULTS: list[tuple[str, str, str]] = []  # (measure, value, baseline/ratio)
+
+
+def pct(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def summary(values) -> str:
+    return f"median {statistics.median(values) * 1000:.0f} ms, p95 {pct(values, 0.95) * 1000:.0f} ms (n={len(values)})"
+
+
+def record(measure: str, value: str, against: str = ""):
+    RESULTS.append((measure, value, against))
+    print(f"  {measure}: {value}" + (f"   [{against}]" if against else ""), flush=True)
+
+
+class RouteMonitor:
+    """Timestamps of rtnetlink route events with wgagent's tag, read in the namespace
+    by a small helper process (so the clock is the kernel's delivery, not a poll)."""
+
+    CODE = r"""
+import socket, struct, sys, time
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
+s.bind((0, (1 << 6) | (1 << 10)))
+print("ready", flush=True)
+while True:
+    data = s.recv(1 << 20)
+    t = time.time()
+    off = 0
+    while off + 16 <= len(data):
+        length, mtype = struct.unpack_from("=IH", data, off)
+        if length < 16:
+            break
+        if mtype in (24, 25) and data[off + 16 + 5] == %d:
+            print("%%s %%.6f" %% ("add" if mtype == 24 else "del", t), flush=True)
+        off += (length + 3) & ~3
+""" % RTPROT_WGAGENT
+
+    def __init__(self, ns):
+        self.proc = ns.popen(sys.executable, "-c", self.CODE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+        self.events: list[tuple[str, float]] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            kind, t = line.split()
+            with self.lock:
+                self.events.append((kind, float(t)))
+
+    def mark(self) -> int:
+        with self.lock:
+            return len(self.events)
+
+    def wait(self, kind: str, since: int, count: int = 1, timeout: float = 60) -> float:
+        """Time of the count-th event of kind after mark `since`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                found = [t for k, t in self.events[since:] if k == kind]
+            if len(found) >= count:
+                return found[count - 1]
+            time.sleep(0.005)
+        raise TimeoutError(f"no {count} {kind} route event(s) in {timeout}s")
+
+
+def uapi_handshake(ns, ifname: str, key_b64: str) -> float:
+    """The peer's last handshake with nanoseconds, from the UAPI socket (wg rounds to seconds)."""
+    hexkey = base64.b64decode(key_b64).hex()
+    code = (f"import socket; s = socket.socket(socket.AF_UNIX); s.connect('/run/wireguard/{ifname}.sock');"
+            "s.sendall(b'get=1\\n\\n'); d = b''\n"
+            "while not d.endswith(b'\\n\\n'): d += s.recv(65536)\n"
+            "print(d.decode())")
+    out = ns.run(sys.executable, "-c", code).stdout
+    sec = nsec = 0
+    current = None
+    for line in out.splitlines():
+        k, _, v = line.partition("=")
+        if k == "public_key":
+            current = v
+        elif current == hexkey and k == "last_handshake_time_sec":
+            sec = int(v)
+        elif current == hexkey and k == "last_handshake_time_nsec":
+            nsec = int(v)
+    return sec + nsec / 1e9
+
+
+# --- 1-3: detection and repair with one real phone
+
+
+def detection(lab):
+    print("\n== connect / leave detection and repair (real handshakes, wireguard-go)", flush=True)
+    r, p = lab.netns("r"), lab.netns("p")
+    lab.link(r, "eth0", p, "eth0", ["192.0.2.1/24"], ["192.0.2.2/24"])
+    rk, pk = genkey(), genkey()
+    r.add_wireguard("wg0", "uapi", rk[0], 51820, ["10.0.31.1/32"])
+    p.add_wireguard("wgc", "uapi", pk[0], None, ["10.0.31.5/32"])
+    p.ip("route", "add", "10.0.31.0/24", "dev", "wgc")
+    mon = RouteMonitor(r)
+
+    def connect():
+        p.run("wg", "set", "wgc", "peer", rk[1], "remove")
+        p.wg_peer("wgc", rk[1], ["10.0.31.0/24"], "192.0.2.1:51820")
+        p.ping("10.0.31.1", count=1, wait=2)
+
+    for poll in (2.0, 0.5):
+        r.wg_peer("wg0", pk[1], ["10.0.31.5/32"])
+        agent = Agent(lab, r, f"config agent 'main'\n\toption poll_interval '{poll}'\nconfig interface 'wg0'\n",
+                      name=f"det{poll}").start()
+        samples = []
+        for _ in range(TRIALS):
+            r.wg_remove_peer("wg0", pk[1])  # down: the route goes at the next poll
+            wait_for(lambda: "10.0.31.5" not in r.ip("route", "show", "proto", "152"), poll * 3 + 5,
+                     what="route gone")
+            r.wg_peer("wg0", pk[1], ["10.0.31.5/32"])
+            time.sleep(random.uniform(0, poll))  # the handshake lands anywhere in the poll cycle
+            mark = mon.mark()
+            connect()
+            added = mon.wait("add", mark, timeout=poll * 3 + 10)
+            samples.append(added - uapi_handshake(r, "wg0", pk[1]))
+        agent.stop()
+        record(f"connect detection, poll {poll:g} s", summary(samples),
+               f"target p95 <= {poll * 1000 + 50:.0f} ms; p95/poll = {pct(samples, 0.95) / poll:.2f}")
+
+    # leave: the handshake ages past handshake_timeout (no traffic, no keepalive)
+    timeout = 3
+    agent = Agent(lab, r, f"config agent 'main'\n\toption poll_interval '0.5'\n\toption handshake_timeout '{timeout}'\n"
+                          "config interface 'wg0'\n", name="leave").start()
+    samples = []
+    for _ in range(max(8, TRIALS // 3)):
+        wait_for(lambda: "10.0.31.5" not in r.ip("route", "show", "proto", "152"), timeout + 10, what="route gone")
+        mark = mon.mark()
+        connect()
+        mon.wait("add", mark, timeout=15)
+        hs = uapi_handshake(r, "wg0", pk[1])
+        gone = mon.wait("del", mark, timeout=timeout + 15)
+        samples.append(gone - (hs + timeout))
+    agent.stop()
+    record("leave detection (handshake_timeout crossed -> route gone), poll 0.5 s", summary(samples),
+           f"p95/poll = {pct(samples, 0.95) / 0.5:.2f}")
+
+    # repair: another process deletes an owned route (poll 30 s: only events can repair it)
+    agent = Agent(lab, r, "config agent 'main'\n\toption poll_interval '30'\n\toption handshake_timeout '600'\n"
+                          "config interface 'wg0'\n", name="repair").start()
+    connect()
+    wait_for(lambda: "10.0.31.5" in r.ip("route", "show", "proto", "152"), 40, what="route")
+    samples = []
+    for _ in range(TRIALS):
+        mark = mon.mark()
+        t0 = time.time()
+        r.ip("route", "del", "10.0.31.5/32", "dev", "wg0")
+        back = mon.wait("add", mark, timeout=10)
+        samples.append(back - t0)
+    agent.stop()
+    record("repair (ip route del by another process -> back)", summary(samples), "target p95 < 1000 ms")
+
+
+# --- 4-6: scale, footprint, baselines
+
+
+def keys(n: int) -> list[bytes]:
+    return [os.urandom(32) for _ in range(n)]
+
+
+def allowed(i: int) -> list[str]:
+    # 1-2 AllowedIPs each, mixed v4/v6
+    v4 = f"10.{64 + i // 65536}.{(i // 256) % 256}.{i % 256}/32"
+    return [v4, f"fd77::{i:x}/128"] if i % 2 else [v4]
+
+
+class ScaleRouter:
+    """A router namespace with wireguard-go holding n peers, wgagent reading it through the proxy."""
+
+    def __init__(self, lab: Lab, n: int):
+        self.lab, self.n = lab, n
+        self.ns = lab.netns(f"s{n}")
+        self.real = os.path.join(lab.tmp, f"real{n}")
+        os.makedirs(self.real)
+        self.control = os.path.join(lab.tmp, f"up{n}")
+        open(self.control, "w").close()
+        self.peers = keys(n)
+        bind = ["ip", "netns", "exec", self.ns.name, "sh", "-c", 'mount --bind "$0" /run/wireguard && exec "$@"',
+                self.real]
+        log = open(os.path.join(lab.tmp, f"wggo{n}.log"), "w")
+        lab.procs.append(subprocess.Popen(bind + ["wireguard-go", "-f", "wg0"], stdout=log, stderr=log,
+                                          env=dict(os.environ, LOG_LEVEL="error")))
+        wait_for(lambda: os.path.exists(os.path.join(self.real, "wg0.sock")), 10, what="wireguard-go")
+        conf = os.path.join(lab.tmp, f"conf{n}")
+        priv = genkey()[0]
+        with open(conf, "w") as f:
+            f.write(f"[Interface]\nPrivateKey = {priv}\nListenPort = {40000 + n % 1000}\n\n")
+            for i, k in enumerate(self.peers):
+                f.write(f"[Peer]\nPublicKey = {base64.b64encode(k).decode()}\nAllowedIPs = {', '.join(allowed(i))}\n\n")
+        t = time.monotonic()
+        subprocess.run(bind + ["wg", "setconf", "wg0", conf], check=True, timeout=600)
+        self.setconf_s = time.monotonic() - t
+        self.ns.ip("link", "set", "wg0", "up")
+        # wgagent (and the baselines' `wg`) read the proxy, in the namespace's usual /run/wireguard
+        lab.procs.append(subprocess.Popen([sys.executable, os.path.join(HERE, "uapi_proxy.py"),
+                                           os.path.join(self.ns.rundir, "wg0.sock"),
+                                           os.path.join(self.real, "wg0.sock"), self.control]))
+        wait_for(lambda: os.path.exists(os.path.join(self.ns.rundir, "wg0.sock")), 10, what="proxy")
+        self.mon = RouteMonitor(self.ns)
+
+    def set_up(self, indexes):
+        with open(self.control + ".tmp", "w") as f:
+            f.write("\n".join(self.peers[i].hex() for i in indexes) + "\n")
+        os.replace(self.control + ".tmp", self.control)
+
+    def routes_expected(self, indexes) -> int:
+        return sum(len(allowed(i)) for i in indexes)
+
+
+def proc_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_status(pid: int, key: str) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024  # MB
+    return 0.0
+
+
+def children_cpu(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the command and its children)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.monotonic()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=1200)
+    wall = time.monotonic() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def scale(lab):
+    print("\n== scale (wireguard-go with N configured peers; presence served by the UAPI proxy)", flush=True)
+    poll = 1.0
+    for n in SIZES:
+        s = ScaleRouter(lab, n)
+        ns = s.ns
+        everyone = range(n)
+        s.set_up(everyone)
+        expected = s.routes_expected(everyone)
+        print(f"  [{n} peers: wg setconf took {s.setconf_s:.1f} s]", flush=True)
+
+        # baseline floor: ip -batch adding the same routes
+        batch = os.path.join(lab.tmp, f"batch{n}")
+        with open(batch, "w") as f:
+            for i in everyone:
+                for a in allowed(i):
+                    f.write(f"route add {a} dev wg0 proto 152\n")
+        t = time.monotonic()
+        ns.run("ip", "-batch", batch, timeout=600)
+        ip_batch = time.monotonic() - t
+        ns.run("ip", "route", "flush", "proto", "152")
+        ns.run("ip", "-6", "route", "flush", "proto", "152")
+
+        # converge from empty: exec -> every route present
+        mark = s.mon.mark()
+        t0 = time.time()
+        agent = Agent(lab, ns, f"config agent 'main'\n\toption poll_interval '{poll}'\n"
+                               "config interface 'wg0'\n", name=f"scale{n}").start()
+        done = s.mon.wait("add", mark, count=expected, timeout=600)
+        converge = done - t0
+        first = s.mon.wait("add", mark, count=1)
+        record(f"converge from empty, {n} peers ({expected} routes)",
+               f"{converge * 1000:.0f} ms exec->all (first route -> last: {(done - first) * 1000:.0f} ms)",
+               f"ip -batch {ip_batch * 1000:.0f} ms; ratio {converge / ip_batch:.1f}x (apply only: "
+               f"{(done - first) / ip_batch:.1f}x)")
+        pid = agent.proc.pid
+
+        # steady state: CPU per poll cycle with nothing to change
+        time.sleep(2 * poll)
+        cycles = 10 if n <= 1000 else 6
+        c0 = proc_cpu(pid)
+        time.sleep(cycles * poll)
+        per_cycle = (proc_cpu(pid) - c0) / cycles
+
+        # a change of 1% of the peers going down
+        down = max(1, n // 100)
+        gone_routes = s.routes_expected(range(down))
+        mark = s.mon.mark()
+        t0 = time.time()
+        s.set_up(range(down, n))
+        done = s.mon.wait("del", mark, count=gone_routes, timeout=120)
+        record(f"1% change ({down} peers down), {n} peers", f"{(done - t0) * 1000:.0f} ms to all removed",
+               f"includes waiting for the next poll ({poll:g} s)")
+        record(f"daemon peak RSS, {n} peers", f"{proc_status(pid, 'VmHWM'):.1f} MB",
+               f"idle RSS now {proc_status(pid, 'VmRSS'):.1f} MB")
+        agent.stop()  # its routes go: the baselines start from the same empty table
+        s.set_up(everyone)
+
+        # baselines: the careful loop converging (first run), then its steady cycles; the naive loop
+        state = os.path.join(lab.tmp, f"careful{n}")
+        loop = ns.argv("sh", os.path.join(HERE, "careful_loop.sh"), "wg0")  # ns.argv: its /run/wireguard
+        careful_converge, _ = children_cpu(loop + ["1", "0", state])
+        _, careful = children_cpu(loop + ["4", "0", state])
+        careful_cycle = careful / 4
+        record(f"converge from empty, careful shell loop, {n} peers", f"{careful_converge * 1000:.0f} ms",
+               f"wgagent/careful = {converge / careful_converge:.2f}")
+        if n <= 1000:
+            _, naive = children_cpu(ns.argv("sh", os.path.join(HERE, "naive_loop.sh"), "wg0", "2", "0"))
+            naive_cycle = naive / 2
+            naive_note = f"; naive loop {naive_cycle * 1000:.0f} ms = {naive_cycle / max(per_cycle, 1e-6):.0f}x wgagent"
+        else:
+            naive_note = "; naive loop not run at 10,000 (minutes per cycle)"
+        record(f"steady-state CPU per cycle, {n} peers", f"{per_cycle * 1000:.1f} ms",
+               f"careful shell loop {careful_cycle * 1000:.1f} ms (ratio wgagent/careful "
+               f"{per_cycle / max(careful_cycle, 1e-6):.2f}){naive_note}")
+        ns.run("ip", "route", "flush", "dev", "wg0")
+
+
+def footprint(lab):
+    print("\n== footprint", flush=True)
+    samples = []
+    for _ in range(7):
+        t = time.monotonic()
+        subprocess.run([sys.executable, "-c", "import wgagent.cli, wgagent.daemon, wgagent.rtnl, wgagent.wgsource"],
+                       check=True)
+        samples.append(time.monotonic() - t)
+    base = []
+    for _ in range(7):
+        t = time.monotonic()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        base.append(time.monotonic() - t)
+    record("import wgagent (python -c, incl. interpreter start)", summary(samples),
+           f"bare interpreter {statistics.median(base) * 1000:.0f} ms; imports add "
+           f"{(statistics.median(samples) - statistics.median(base)) * 1000:.0f} ms")
+    for n in (0, 1000):
+        ns = lab.netns(f"f{n}")
+        priv = genkey()[0]
+        ns.add_wireguard("wg0", "uapi", priv, 41000 + n)
+        if n:
+            conf = os.path.join(lab.tmp, f"fconf{n}")
+            with open(conf, "w") as f:
+                for i, k in enumerate(keys(n)):
+                    f.write(f"[Peer]\nPublicKey = {base64.b64encode(k).decode()}\nAllowedIPs = {allowed(i)[0]}\n\n")
+            ns.run("wg", "addconf", "wg0", conf, timeout=300)
+        agent = Agent(lab, ns, "config agent 'main'\n\toption log_level 'debug'\nconfig interface 'wg0'\n",
+                      name=f"foot{n}")
+        t = time.monotonic()
+        agent.start()
+        wait_for(lambda: "interface_found" in agent.log(), 30, what="first reconcile")
+        first = time.monotonic() - t
+        time.sleep(5)
+        record(f"exec -> first reconcile done, {n} peers", f"{first * 1000:.0f} ms",
+               f"idle RSS {proc_status(agent.proc.pid, 'VmRSS'):.1f} MB (target <= 35 MB)")
+        agent.stop()
+
+
+def machine() -> str:
+    import pyroute2
+
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    return (f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}\n"
+            f"- machine: {os.cpu_count()} cores, kernel {platform.release()}, Python {platform.python_version()}, "
+            f"pyroute2 {pyroute2.__version__}, wireguard-go (userspace backend)\n"
+            f"- commit: {commit}\n")
+
+
+def main() -> int:
+    if os.geteuid() != 0:
+        print("make bench needs root (network namespaces)", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    with Lab("b") as lab:
+        detection(lab)
+    with Lab("c") as lab:
+        scale(lab)
+    with Lab("d") as lab:
+        footprint(lab)
+    took = time.monotonic() - started
+    table = "| measure | wgagent | baseline, ratio, target |\n|---|---|---|\n" + "".join(
+        f"| {m} | {v} | {a} |\n" for m, v, a in RESULTS)
+    text = (f"# wgagent benchmark results\n\n{machine()}- run time: {took / 60:.1f} min"
+            f"{' (quick mode)' if QUICK else ''}\n\n{table}")
+    with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
+        f.write(text)
+    print("\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
