@@ -50,9 +50,10 @@ def cmd_run(args) -> int:
             log.info("disabled", detail="option enabled '0': owned routes are removed, waiting for a reload")
         return Runner(daemon, events).run()
     except Exception:
-        # the traceback goes to syslog too, where `logread -e wgagent` shows it; procd respawns us
+        # the traceback goes to the log (syslog: `logread -e wgagent`), once: not to
+        # stderr as well, which procd also sends to logread; procd respawns us
         log.exception("crashed")
-        raise
+        return EXIT_PROBLEMS
     finally:
         sources.close()
         rtnl.close()
