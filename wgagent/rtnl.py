@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass
 
 from .model import AF_INET, AF_INET6, RTPROT_WGAGENT, Route, Rule
-from .rtnl_routes import RTM_DELROUTE, RTM_NEWROUTE, RouteDump, RouteSocket
+from .rtnl_routes import RTM_DELROUTE, RTM_NEWROUTE, RouteDump, RouteSocket, messages
 
 
 # rtnetlink message types and multicast groups (linux/rtnetlink.h)
@@ -172,11 +172,7 @@ class RtnlEvents:
 def relevant(data: bytes) -> bool:
     """Does a batch of rtnetlink messages hold a change that is not our own echo?
     Our own additions (RTM_NEWROUTE/NEWRULE with our protocol) are not news."""
-    off = 0
-    while off + NLMSG_HDR.size <= len(data):
-        length, mtype, _flags, _seq, _pid = NLMSG_HDR.unpack_from(data, off)
-        if length < NLMSG_HDR.size:
-            break
+    for off, length, mtype, _flags, _seq in messages(data):
         body = off + NLMSG_HDR.size
         if mtype == RTM_NEWROUTE:
             # struct rtmsg: family, dst_len, src_len, tos, table, protocol, ...
@@ -187,7 +183,6 @@ def relevant(data: bytes) -> bool:
                 return True
         elif mtype in (RTM_NEWLINK, RTM_DELLINK, RTM_NEWADDR, RTM_DELADDR, RTM_DELROUTE, RTM_DELRULE):
             return True
-        off += (length + 3) & ~3
     return False
 
 

@@ -74,6 +74,17 @@ def encode(cmd: int, route: Route, index: int, seq: int) -> bytes:
     return NLMSG.pack(NLMSG.size + len(body), cmd, flags, seq, 0) + body
 
 
+def messages(data: bytes):
+    """(offset, length, type, flags, seq) of each netlink message in a datagram."""
+    off = 0
+    while off + NLMSG.size <= len(data):
+        length, mtype, flags, seq, _pid = NLMSG.unpack_from(data, off)
+        if length < NLMSG.size:
+            return
+        yield off, length, mtype, flags, seq
+        off += (length + 3) & ~3
+
+
 def _attrs(data: bytes, off: int, end: int) -> dict[int, bytes]:
     out = {}
     while off + 4 <= end:
@@ -117,16 +128,10 @@ class RouteSocket:
             pending = len(chunk)
             while pending:
                 data = self._recv()
-                off = 0
-                while off + NLMSG.size <= len(data):
-                    length, mtype, _flags, seq, _pid = NLMSG.unpack_from(data, off)
-                    if length < NLMSG.size:
-                        break
+                for off, length, mtype, _flags, seq in messages(data):
                     if mtype == NLMSG_ERROR and first <= seq < first + len(chunk):
-                        code = -struct.unpack_from("=i", data, off + NLMSG.size)[0]
-                        results[start + seq - first] = code
+                        results[start + seq - first] = -struct.unpack_from("=i", data, off + NLMSG.size)[0]
                         pending -= 1
-                    off += (length + 3) & ~3
         return results
 
     def dump(self, index_to_name: dict[int, str]) -> RouteDump:
@@ -151,22 +156,18 @@ class RouteSocket:
             done = False
             while not done:
                 data = self._recv()
-                off = 0
-                while off + NLMSG.size <= len(data):
-                    length, mtype, flags, mseq, _pid = NLMSG.unpack_from(data, off)
-                    if length < NLMSG.size:
-                        break
-                    if mseq == seq:
-                        if flags & NLM_F_DUMP_INTR:
-                            interrupted = True
-                        if mtype == NLMSG_DONE:
-                            done = True
-                        elif mtype == NLMSG_ERROR:
-                            code = -struct.unpack_from("=i", data, off + NLMSG.size)[0]
-                            raise OSError(code, f"route dump failed: {os.strerror(code)}")
-                        elif mtype == RTM_NEWROUTE:
-                            self._take(data, off, length, family, owned, foreign, best, index_to_name)
-                    off += (length + 3) & ~3
+                for off, length, mtype, flags, mseq in messages(data):
+                    if mseq != seq:
+                        continue
+                    if flags & NLM_F_DUMP_INTR:
+                        interrupted = True
+                    if mtype == NLMSG_DONE:
+                        done = True
+                    elif mtype == NLMSG_ERROR:
+                        code = -struct.unpack_from("=i", data, off + NLMSG.size)[0]
+                        raise OSError(code, f"route dump failed: {os.strerror(code)}")
+                    elif mtype == RTM_NEWROUTE:
+                        self._take(data, off, length, family, owned, foreign, best, index_to_name)
         if interrupted:
             return None
         return RouteDump(owned, foreign, {k: gw for k, (_, gw) in best.items()})
