@@ -20,12 +20,9 @@ import os
 import platform
 import random
 import resource
-import socket
 import statistics
-import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 

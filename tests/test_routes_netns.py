@@ -88,16 +88,14 @@ def test_route_follows_handshake_v4_and_v6(site):
     site.phone("p1", "10.0.31.5", "fd31::5")
     agent = Agent(site.lab, site.r, site.config()).start()
     assert owned_routes(site.r) == []  # configured, never connected: no route
-    seen = site.handshake("p1")
+    site.handshake("p1")
     wait_for(lambda: owned_prefixes(site.r) == {"10.0.31.5", "fd31::5"}, POLL + 1.5,
              what="the phone's v4 and v6 host routes within a poll interval of the handshake")
-    took = time.monotonic() - seen
     routes = owned_routes(site.r)
     assert all("dev wg0" in r for r in routes), routes
     assert len(agent.events("peer_up")) == 1 and len(agent.events("route_added")) == 1, agent.log()
     line = agent.events("route_added")[0]
     assert "iface=wg0" in line and "prefixes=10.0.31.5/32,fd31::5/128" in line and "reason=handshake" in line
-    assert took < POLL + 1.5
     # steady state: nothing logged at info level while nothing changes
     before = agent.log()
     time.sleep(3 * POLL)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -135,10 +134,8 @@ def test_return_path_follows_the_wan_address(wan):
     r.ip("addr", "del", "198.51.100.2/24", "dev", "wan")
     r.ip("addr", "add", "198.51.100.3/24", "dev", "wan")
     r.ip("route", "add", "default", "via", "198.51.100.1", "dev", "wan", "metric", "100")
-    changed = time.monotonic()
     wait_for(lambda: "5010:\tfrom 198.51.100.3 lookup 100 proto 152" in wan.rules(), 1.5,
              what="rule for the new address within a second (address event, not the poll)")
-    assert time.monotonic() - changed < 1.5
     assert "5010:\tfrom 198.51.100.2 lookup 100 proto 152" not in wan.rules()
     assert wait_for(lambda: connects(inet, "198.51.100.3", "192.0.2.77"), 3, what="connection to the new address")
     assert "event=rule_added" in agent.log() and "owner=\"return_path wan\"" in agent.log()

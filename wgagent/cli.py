@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 from . import __version__
 from . import config as config_mod
