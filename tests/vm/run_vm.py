@@ -62,8 +62,17 @@ def ensure_tools() -> str | None:
 
 def kernel() -> tuple[str, str]:
     """(kernel version, vmlinuz path) of Debian's current linux-image-amd64, unpacked in the cache."""
-    deps = sh("apt-cache", "depends", "linux-image-amd64").stdout
-    pkg = next(line.split(":", 1)[1].strip() for line in deps.splitlines() if "Depends: linux-image-" in line)
+    def depends() -> list[str]:
+        r = subprocess.run(["apt-cache", "depends", "linux-image-amd64"], capture_output=True, text=True)
+        return [line.split(":", 1)[1].strip() for line in r.stdout.splitlines() if "Depends: linux-image-" in line]
+
+    found = depends()
+    if not found:  # a fresh machine: no package lists yet
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+        found = depends()
+    if not found:
+        raise SystemExit("vm: apt knows no linux-image-amd64")
+    pkg = found[0]
     kver = pkg[len("linux-image-"):]
     vmlinuz = os.path.join(KDIR, "boot", f"vmlinuz-{kver}")
     if not os.path.exists(os.path.join(KDIR, "lib", "modules", kver, "modules.dep")):
