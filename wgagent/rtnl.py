@@ -25,6 +25,7 @@ RTM_NEWADDR, RTM_DELADDR = 20, 21
 RTM_NEWRULE, RTM_DELRULE = 32, 33
 GROUPS = (1, 5, 7, 8, 9, 11, 19)  # LINK, IPV4_IFADDR, IPV4_ROUTE, IPV4_RULE, IPV6_IFADDR, IPV6_ROUTE, IPV6_RULE
 SOL_NETLINK = 270
+SO_RCVBUFFORCE = 33
 NETLINK_ADD_MEMBERSHIP = 1
 FRA_PROTOCOL = 21
 NLMSG_HDR = struct.Struct("=IHHII")
@@ -141,7 +142,10 @@ class RtnlEvents:
     def __init__(self):
         s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
                           socket.NETLINK_ROUTE)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        try:  # as root, past net.core.rmem_max: a flush of thousands of routes fits
+            s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 22)
+        except PermissionError:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
         s.bind((0, 0))
         for group in GROUPS:
             s.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)

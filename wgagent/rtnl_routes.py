@@ -100,7 +100,10 @@ class RouteSocket:
     def __init__(self):
         s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+        try:  # root may go past net.core.rmem_max: a batch's acks and a dump's parts fit
+            s.setsockopt(socket.SOL_SOCKET, 33, 1 << 21)  # SO_RCVBUFFORCE
+        except PermissionError:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
         try:  # errors without a copy of our request: smaller answers
             s.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
         except OSError:
