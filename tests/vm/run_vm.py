@@ -116,8 +116,14 @@ mount -t devtmpfs dev /dev
 for m in $(cat /modules); do insmod "$m" || echo "init: insmod $m failed"; done
 mkdir -p /newroot
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,ro root /newroot || exec sh
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 out /newroot{out}
+# the checkout may live under /tmp (a CI clone): keep a view of it before the tmpfs
+# mounts cover those directories, and put it back on top of them
+mkdir -p /project
+mount --bind /newroot{root} /project
 for d in tmp run var/tmp usr/lib/modules; do mount -t tmpfs tmpfs /newroot/$d; done
+mkdir -p /newroot{root}
+mount --bind /project /newroot{root}
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 out /newroot{out}
 mount -t devtmpfs dev /newroot/dev
 mkdir -p /newroot/usr/lib/modules/{kver}
 mount --bind /newroot{kdir}/lib/modules/{kver} /newroot/usr/lib/modules/{kver}
@@ -170,8 +176,8 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     kver, vmlinuz = kernel()
     mods = sh("modprobe", "-a", "-d", KDIR, "-S", kver, "--show-depends", *BOOT_MODULES).stdout.split()
-    paths = [p for p in mods if p.endswith(".ko")]
-    entries = [(d, 0o40755, b"") for d in ("bin", "proc", "sys", "dev", "newroot", "lib")]
+    paths = list(dict.fromkeys(p for p in mods if p.endswith(".ko")))  # shared dependencies once
+    entries = [(d, 0o40755, b"") for d in ("bin", "proc", "sys", "dev", "newroot", "lib", "project")]
     with open(static_busybox(), "rb") as f:
         entries.append(("bin/busybox", 0o100755, f.read()))
     names = []
@@ -180,7 +186,7 @@ def main(argv: list[str]) -> int:
             entries.append((f"lib/{i:02d}-{os.path.basename(p)}", 0o100644, f.read()))
         names.append(f"/lib/{i:02d}-{os.path.basename(p)}")
     entries.append(("modules", 0o100644, "\n".join(names).encode() + b"\n"))
-    entries.append(("init", 0o100755, INIT.format(out=OUT, kver=kver, kdir=KDIR).encode()))
+    entries.append(("init", 0o100755, INIT.format(out=OUT, kver=kver, kdir=KDIR, root=ROOT).encode()))
     initrd = os.path.join(CACHE, "initrd.gz")
     with gzip.open(initrd, "wb", compresslevel=1) as f:
         f.write(_cpio(entries))
