@@ -92,9 +92,13 @@ class Netns:
         return self.run("ping", "-c", str(count), "-W", str(wait), "-q", addr, check=False).returncode == 0
 
     def routes(self, *selector: str) -> list[str]:
+        """`ip route show SELECTOR` for both families; a table that does not exist (yet) is empty."""
         out = []
         for fam in ("-4", "-6"):
-            out += [line.strip() for line in self.ip(fam, "route", "show", *selector).splitlines() if line.strip()]
+            r = self.run("ip", fam, "route", "show", *selector, check=False)
+            if r.returncode != 0 and "does not exist" not in r.stderr:
+                raise RuntimeError(f"[{self.short}] ip {fam} route show {' '.join(selector)}: {r.stderr.strip()}")
+            out += [line.strip() for line in r.stdout.splitlines() if line.strip()]
         return out
 
     def add_wireguard(self, ifname: str, backend: str, private_key: str, listen_port: int | None,
