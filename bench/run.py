@@ -6,7 +6,7 @@ are medians and p95 over repeated runs, and every figure also stands as a ratio
 against a baseline measured in the same run, because the machines are shared.
 Writes bench/RESULTS.md. Run as root: `make bench`.
 
-    phone ns (wgc, keepalive) ── veth ── router ns (wg0 + wgagent)     detection, repair
+    phone ns (wgc, no keepalive) ── veth ── router ns (wg0 + wgagent)     detection, repair
     router ns: wireguard-go wg0 with N peers (`wg setconf`), and
                bench/uapi_proxy.py at /run/wireguard/wg0.sock serving   scale, footprint
                wireguard-go's answers with chosen peers "handshaken"
