@@ -3,9 +3,10 @@
 
 It listens where wgagent looks for IFNAME.sock and forwards every request to the
 real wireguard-go socket, rewriting each peer's handshake time on the way back:
-peers whose public key (hex) is listed in the control file get a handshake 5 s old,
-all others none. So 10,000 configured peers can be up or down without 10,000 real
-handshakes. The control file is re-read when it changes.
+peers whose public key (hex) is listed in the control file get a handshake 5 s old
+and a receive counter that grows with time (traffic, as with a keepalive), all others
+no handshake and no traffic. So 10,000 configured peers can be up or down without
+10,000 real handshakes. The control file is re-read when it changes.
 
 Usage: uapi_proxy.py LISTEN_SOCKET UPSTREAM_SOCKET CONTROL_FILE
 """
@@ -34,13 +35,17 @@ class Control:
 
 
 def rewrite(answer: bytes, up: set) -> bytes:
-    sec = str(int(time.time()) - 5).encode()
+    now = time.time()
+    sec = str(int(now) - 5).encode()
+    rx = str(int(now * 1000)).encode()  # 1 kB/s: keepalives and some traffic
     out, key_up = [], False
     for line in answer.split(b"\n"):
         if line.startswith(b"public_key="):
             key_up = line[11:].decode() in up
         elif line.startswith(b"last_handshake_time_sec="):
             line = b"last_handshake_time_sec=" + (sec if key_up else b"0")
+        elif line.startswith(b"rx_bytes="):
+            line = b"rx_bytes=" + (rx if key_up else b"0")
         out.append(line)
     return b"\n".join(out)
 
