@@ -101,10 +101,6 @@ while True:
             with self.lock:
                 self.events.append((kind, float(t)))
 
-    def settle(self) -> None:
-        """Wait until a burst has been read completely (mark() waits for quiet)."""
-        self.mark()
-
     def mark(self) -> int:
         """Where new events start: after the backlog of earlier ones has been read."""
         last, quiet_since = -1, time.monotonic()
@@ -333,10 +329,9 @@ def scale(lab):
         ip_batch = time.monotonic() - t
         ns.run("ip", "route", "flush", "proto", "152")
         ns.run("ip", "-6", "route", "flush", "proto", "152")
-        s.mon.settle()  # the batch's own events must not count as the daemon's
 
         # converge from empty: exec -> every route present
-        mark = s.mon.mark()
+        mark = s.mon.mark()  # waits until the ip -batch events above are read: they are not the daemon's
         t0 = time.time()
         agent = Agent(lab, ns, f"config agent 'main'\n\toption poll_interval '{poll}'\n"
                                "config interface 'wg0'\n", name=f"scale{n}").start()

@@ -178,7 +178,6 @@ def table_name(num: int, tables: dict[str, int] | None = None) -> str:
     return str(num)
 
 
-_UCI_NAME = re.compile(r"[A-Za-z0-9_]+\Z")
 POLICIES = ("ACCEPT", "REJECT", "DROP")
 NAT_TARGETS = ("MASQUERADE", "SNAT", "ACCEPT")
 
@@ -191,7 +190,7 @@ def names(raw) -> tuple[str, ...]:
 
 def uci_name(raw: str) -> str:
     value = _scalar(raw)
-    if not _UCI_NAME.match(value):
+    if not uci.NAME.match(value):
         raise ValueError("not a netifd interface name ([A-Za-z0-9_])")
     return value
 

@@ -36,7 +36,6 @@ class KernelView:
 
     owned: set[Route] = field(default_factory=set)
     foreign: dict = field(default_factory=dict)
-    gateways: dict = field(default_factory=dict)
     rules: set[Rule] = field(default_factory=set)
     paths: list[PathState] = field(default_factory=list)
     read_at: float = -1e18
@@ -74,7 +73,7 @@ class Daemon:
         dump = self.rtnl.routes(index_to_name)
         addrs = self.rtnl.addresses(index_to_name) if self.config.return_paths else {}
         paths = [self._path_state(rp, links, addrs, dump.gateways) for rp in self.config.return_paths]
-        self.view = KernelView(set(dump.owned), dump.foreign, dump.gateways, set(self.rtnl.rules()), paths, mono)
+        self.view = KernelView(set(dump.owned), dump.foreign, set(self.rtnl.rules()), paths, mono)
         self.dirty = False
 
     def _path_state(self, rp, links, addrs, gateways) -> PathState:
@@ -109,7 +108,8 @@ class Daemon:
         if self.config.agent.enabled:
             desired = desired_state(self.config, states, self.clock(), self.activity, mono)
             # an unreadable interface keeps what we knew of its peers (routes and rules stay)
-            desired.verdicts += [v for v in self.last_desired.verdicts if v.interface in desired.frozen]
+            if desired.frozen:
+                desired.verdicts += [v for v in self.last_desired.verdicts if v.interface in desired.frozen]
         else:
             desired = Desired()
         self._log_peer_changes(desired)

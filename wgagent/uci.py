@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-_NAME = re.compile(r"[A-Za-z0-9_]+\Z")
+NAME = re.compile(r"[A-Za-z0-9_]+\Z")  # section and option names, as libuci allows
 _TYPE = re.compile(r"[A-Za-z0-9_-]+\Z")
 
 
@@ -123,7 +123,7 @@ def parse(text: str, path: str = "<string>") -> list[UciSection]:
             if not _TYPE.match(stype):
                 raise UciSyntaxError(path, line, f"invalid character in section type {stype!r}")
             name = args[1] if len(args) == 2 and args[1] != "" else None
-            if name is not None and not _NAME.match(name):
+            if name is not None and not NAME.match(name):
                 raise UciSyntaxError(path, line, f"invalid character in section name {name!r}")
             if name is not None and name in by_name:
                 # libuci merges a repeated name into the first section of that name
@@ -143,7 +143,7 @@ def parse(text: str, path: str = "<string>") -> list[UciSection]:
             if len(args) > 2:
                 raise UciSyntaxError(path, line, "too many arguments")
             oname = args[0]
-            if not _NAME.match(oname):
+            if not NAME.match(oname):
                 raise UciSyntaxError(path, line, f"invalid character in option name {oname!r}")
             if len(args) == 1 or args[1] == "":
                 continue  # libuci drops an option without a value
