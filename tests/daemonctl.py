@@ -10,14 +10,9 @@ import time
 
 from wgagent.model import RTPROT_WGAGENT
 
-from .lab import Lab, Netns
+from .lab import SLOWDOWN, Lab, Netns
 
 PROTO = str(RTPROT_WGAGENT)
-
-
-# Functional deadlines stretch on a slow machine: the test VM runs under software
-# emulation (TCG) and sets WGAGENT_TEST_SLOWDOWN.
-SLOWDOWN = float(os.environ.get("WGAGENT_TEST_SLOWDOWN", "1"))
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):

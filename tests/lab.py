@@ -22,6 +22,11 @@ import tempfile
 import time
 
 RUN_WG = "/run/wireguard"  # /var/run is a link to /run on Debian and OpenWrt
+
+# Every deadline stretches on a slow machine: the test VM runs under software
+# emulation (TCG), where one Python start over 9p can take many seconds, and sets
+# WGAGENT_TEST_SLOWDOWN.
+SLOWDOWN = float(os.environ.get("WGAGENT_TEST_SLOWDOWN", "1"))
 _serial = itertools.count()
 
 
@@ -75,7 +80,7 @@ class Netns:
                 f'mount --bind "$0" {RUN_WG} && exec "$@"', self.rundir, *cmd]
 
     def run(self, *cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
-        r = subprocess.run(self.argv(*cmd), capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(self.argv(*cmd), capture_output=True, text=True, timeout=timeout * SLOWDOWN)
         if check and r.returncode != 0:
             raise RuntimeError(f"[{self.short}] {' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()}")
         return r
@@ -168,7 +173,7 @@ class Lab:
         if proc.poll() is None:
             proc.send_signal(sig)
             try:
-                proc.wait(timeout)
+                proc.wait(timeout * SLOWDOWN)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()

@@ -44,7 +44,7 @@ def setconf(ns, lab, peers: dict[str, list[str]]):
     with open(path, "w") as f:
         for key, ips in peers.items():
             f.write(f"[Peer]\nPublicKey = {key}\nAllowedIPs = {', '.join(ips)}\n\n")
-    ns.run("wg", "addconf", "wg0", path, timeout=300)
+    ns.run("wg", "addconf", "wg0", path, timeout=75)
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def big(lab, backend):
 
 def test_big_dump_is_merged_by_key_and_loses_nothing(big, backend):
     ns, peers, wide = big
-    (got,) = json.loads(ns.run(sys.executable, "-c", READ_MANY, "1", timeout=300).stdout)
+    (got,) = json.loads(ns.run(sys.executable, "-c", READ_MANY, "1", timeout=75).stdout)
     expected = {k: sorted(v) for k, v in peers.items()}
     assert len(got) == len(expected) == 1201
     assert got == expected  # every peer once, every AllowedIP, none lost or doubled
@@ -86,7 +86,7 @@ def test_dump_interrupted_by_changes_is_retried_and_consistent(big, backend, lab
               f"wg set wg0 peer {churn} remove; done")
     changer = ns.popen("sh", "-c", script, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        reads = json.loads(ns.run(sys.executable, "-c", READ_MANY, "8", timeout=600).stdout)
+        reads = json.loads(ns.run(sys.executable, "-c", READ_MANY, "8", timeout=150).stdout)
     finally:
         lab.stop(changer)
     expected = {k: sorted(v) for k, v in peers.items()}
