@@ -38,6 +38,37 @@ def test_parse_peers():
     assert p2.last_handshake == 0 and p2.allowed_ips == ("10.0.0.0/8",) and p2.endpoint == "182.122.22.19:3233"
 
 
+def test_the_fast_path_and_the_line_by_line_path_agree(monkeypatch):
+    expected = wg_uapi._parse_lines(ANSWER.decode().rpartition("errno=")[0])
+    monkeypatch.setattr(wg_uapi, "_parse_lines", None)
+    assert wg_uapi.parse(ANSWER) == expected
+
+
+def test_blocks_of_another_shape_are_read_line_by_line():
+    # boringtun's order (allowed_ip before the counters, rx before tx) and a key
+    # this version does not know: same peer, whatever the order
+    odd = (f"listen_port=1\npublic_key={HEX1}\nallowed_ip=192.168.4.4/32\nendpoint=1.2.3.4:5\n"
+           f"rx_bytes=2224\ntx_bytes=38333\nsome_future_key=7\nlast_handshake_time_sec=1700000000\n"
+           f"last_handshake_time_nsec=500000000\npersistent_keepalive_interval=25\nerrno=0\n\n").encode()
+    (p,) = wg_uapi.parse(odd)
+    assert p == (KEY1, ("192.168.4.4/32",), "1.2.3.4:5", 1700000000.5, 2224, 38333, 25)
+
+
+def test_many_peers_parse_the_same_either_way(monkeypatch):
+    lines = []
+    for i in range(300):
+        lines += [f"public_key={i:064x}", "protocol_version=1", f"last_handshake_time_sec={i}",
+                  f"last_handshake_time_nsec={i * 7}", f"tx_bytes={i}", f"rx_bytes={2 * i}",
+                  "persistent_keepalive_interval=0", f"allowed_ip=10.1.{i // 256}.{i % 256}/32"]
+        lines += [f"allowed_ip=fd00::{i:x}/128"] * (i % 2)
+    text = "\n".join(lines) + "\n"
+    expected = wg_uapi._parse_lines(text)
+    monkeypatch.setattr(wg_uapi, "_parse_lines", None)  # wireguard-go's shape: the fast path only
+    peers = wg_uapi.parse((text + "errno=0\n\n").encode())
+    assert len(peers) == 300 and peers == expected
+    assert peers[5].allowed_ips == ("10.1.0.5/32", "fd00::5/128") and peers[5].endpoint is None
+
+
 def test_no_peers():
     assert wg_uapi.parse(b"private_key=00\nlisten_port=1\nerrno=0\n\n") == ()
 
@@ -48,6 +79,8 @@ def test_no_peers():
     (b"public_key=abcd\nerrno=0\n\n", "bad UAPI value"),
     (b"public_key=" + HEX1.encode() + b"\nrx_bytes=lots\nerrno=0\n\n", "bad UAPI value"),
     (b"garbage\nerrno=0\n\n", "malformed"),
+    (b"public_key=" + HEX1.encode() + b"\nlast_handshake_time_sec=1\nallowed_ip=10.0.0.300/32\nerrno=0\n\n",
+     "bad UAPI value 'allowed_ip=10.0.0.300/32'"),
 ])
 def test_errors(answer, fragment):
     with pytest.raises(wg_uapi.UapiError, match=fragment):
