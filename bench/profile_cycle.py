@@ -20,7 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from wgagent import config as config_mod  # noqa: E402
 from wgagent import wg_uapi  # noqa: E402
 from wgagent.model import InterfaceState  # noqa: E402
-from wgagent.policy import desired_state, plan_routes, track_activity  # noqa: E402
+from wgagent.model import Route  # noqa: E402
+from wgagent.policy import PlanMemo, desired_state, plan_routes, track_activity  # noqa: E402
 
 
 def answer(n: int, now: int) -> bytes:
@@ -44,16 +45,18 @@ def main() -> int:
     os.unlink(f.name)
     raw = answer(n, int(time.time()))
 
+    memo = PlanMemo()
+
     def cycle(activity, owned):
         peers = wg_uapi.parse(raw)
         states = [InterfaceState("wg0", "uapi", peers)]
         activity = track_activity(activity, states, time.monotonic())
-        desired = desired_state(config, states, time.time(), activity, time.monotonic())
+        desired = desired_state(config, states, time.time(), activity, time.monotonic(), memo)
         plan = plan_routes(set(desired.routes), owned, {}, desired.frozen)
         return activity, desired, plan
 
     activity, desired, _ = cycle({}, set())
-    owned = set(desired.routes)
+    owned = {Route(*r) for r in desired.routes}  # as read from the kernel: equal, not the same objects
     steps = {}
     for _ in range(5):
         t = time.process_time()
@@ -64,7 +67,7 @@ def main() -> int:
         activity = track_activity(activity, states, time.monotonic())
         steps.setdefault("track_activity", []).append(time.process_time() - t)
         t = time.process_time()
-        desired = desired_state(config, states, time.time(), activity, time.monotonic())
+        desired = desired_state(config, states, time.time(), activity, time.monotonic(), memo)
         steps.setdefault("desired_state", []).append(time.process_time() - t)
         t = time.process_time()
         plan = plan_routes(set(desired.routes), owned, {}, desired.frozen)

@@ -420,3 +420,33 @@ def test_print_shows_the_sections_without_ubus(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "config zone 'wgagent_zone_wg0'" in r.stdout and "config nat 'wgagent_nat_pool_via_s2s'" in r.stdout
     assert uci.parse(r.stdout)  # valid UCI
+
+
+@pytest.mark.parametrize("zones,has_ubus,runs", [
+    (False, False, False),  # plain Linux, nothing to write: no thread, no module
+    (False, True, True),  # OpenWrt: owned sections left by an older config must go
+    (True, False, True),  # asked for, cannot: the thread says so once
+])
+def test_the_firewall_thread_runs_only_where_it_has_work(tmp_path, monkeypatch, zones, has_ubus, runs):
+    from wgagent.daemon import Daemon
+
+    monkeypatch.setattr(ubus_mod, "connect", lambda sock="": object() if has_ubus else None)
+    cfg = load(tmp_path, "config zone 'wg0'\n" if zones else "config agent 'main'\n")
+    d = Daemon(cfg, rtnl=None, sources=None)
+    d.want_firewall(start=False)
+    assert (d.firewall is not None) == runs
+
+
+def test_a_reload_that_adds_zones_starts_the_firewall_thread(tmp_path, monkeypatch):
+    from wgagent.daemon import Daemon
+
+    monkeypatch.setattr(ubus_mod, "connect", lambda sock="": None)
+    d = Daemon(load(tmp_path, "config agent 'main'\n"), rtnl=None, sources=None)
+    d.want_firewall(start=False)
+    assert d.firewall is None
+    (tmp_path / "wgagent").write_text("config zone 'wg0'\n")
+    assert d.reload()
+    try:
+        assert d.firewall is not None and d.firewall.thread.is_alive()
+    finally:
+        d.firewall.stop()

@@ -27,7 +27,7 @@ READ = textwrap.dedent("""
     links = Rtnl().links()
     s = PeerSources().read(sys.argv[1], links.get(sys.argv[1]))
     print(json.dumps({"backend": s.backend, "error": s.error,
-                      "peers": None if s.peers is None else [p.__dict__ for p in s.peers]}))
+                      "peers": None if s.peers is None else [p._asdict() for p in s.peers]}))
 """)
 
 

@@ -38,9 +38,7 @@ def cmd_run(args) -> int:
     sources = PeerSources()
     daemon = Daemon(cfg, rtnl, sources)
     if not args.once:
-        from .firewall import FirewallSync
-
-        daemon.firewall = FirewallSync(cfg, log)
+        daemon.want_firewall(start=False)
     try:
         if args.once:
             daemon.reconcile()

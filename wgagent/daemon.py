@@ -10,6 +10,7 @@ who is up, what it has warned about) only shapes logs and idle detection.
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import select
 import signal
@@ -21,8 +22,8 @@ from . import log as log_mod
 from . import netifd, ubus
 from .config import Config, ConfigError
 from .model import Route, Rule
-from .policy import (Desired, PathState, PeerVerdict, desired_rules, desired_state, plan_routes, plan_rules,
-                     track_activity)
+from .policy import (Desired, PathState, PeerVerdict, PlanMemo, desired_rules, desired_state, plan_routes,
+                     plan_rules, track_activity)
 from .rtnl import Rtnl, RtnlEvents
 from .wgsource import PeerSources
 
@@ -52,13 +53,14 @@ class Daemon:
         self.view = KernelView()
         self.dirty = True
         self.activity: dict = {}
+        self.plans = PlanMemo()
         self.was_up: dict[tuple[str, str], PeerVerdict] = {}
         self.iface_errors: dict[str, str] = {}
         self.conflicts_warned: set = set()
         self.problems_warned: set = set()
         self.path_seen: dict[str, tuple] = {}
         self.last_desired = Desired()
-        self.firewall = None  # a firewall.FirewallSync, when the runner starts one
+        self.firewall = None  # a firewall.FirewallSync, when want_firewall() starts one
         self._ubus = None  # connected on first use (a network name to resolve)
 
     # --- one pass
@@ -106,7 +108,7 @@ class Daemon:
         self._log_interface_states(states)
         self.activity = track_activity(self.activity, states, mono)
         if self.config.agent.enabled:
-            desired = desired_state(self.config, states, self.clock(), self.activity, mono)
+            desired = desired_state(self.config, states, self.clock(), self.activity, mono, self.plans)
             # an unreadable interface keeps what we knew of its peers (routes and rules stay)
             if desired.frozen:
                 desired.verdicts += [v for v in self.last_desired.verdicts if v.interface in desired.frozen]
@@ -199,22 +201,25 @@ class Daemon:
     # --- logging of changes: one line each, nothing when nothing changed
 
     def _log_peer_changes(self, desired: Desired) -> None:
+        was_up = self.was_up
         now_up: dict[tuple[str, str], PeerVerdict] = {}
-        seen: set[tuple[str, str]] = set()
         for v in desired.verdicts:
-            key = (v.interface, v.peer.public_key)
-            seen.add(key)
             if v.up:
+                key = (v.interface, v.peer.public_key)
                 now_up[key] = v
-                if key not in self.was_up:
+                if key not in was_up:
                     self._log_peer("peer_up", v)
-            elif key in self.was_up:
-                self._log_peer("peer_down", v)
-        for key, v in self.was_up.items():
-            if key not in seen and v.interface not in desired.frozen:
-                self.log.info("peer_down", iface=v.interface, peer=v.label, reason="peer-removed")
-            elif v.interface in desired.frozen:
-                now_up[key] = v  # unreadable this time: keep what we knew
+        gone = was_up.keys() - now_up.keys()
+        if gone:
+            seen = {(v.interface, v.peer.public_key): v for v in desired.verdicts}
+            for key in sorted(gone):
+                v = was_up[key]
+                if v.interface in desired.frozen:
+                    now_up[key] = v  # unreadable this time: keep what we knew
+                elif key in seen:
+                    self._log_peer("peer_down", seen[key])
+                else:
+                    self.log.info("peer_down", iface=v.interface, peer=v.label, reason="peer-removed")
         self.was_up = now_up
 
     def _log_peer(self, event: str, v: PeerVerdict):
@@ -294,7 +299,23 @@ class Daemon:
         ok = self._reload()
         if ok and self.firewall is not None:
             self.firewall.nudge(self.config)
+        elif ok:
+            self.want_firewall(start=True)
         return ok
+
+    def want_firewall(self, start: bool) -> None:
+        """Run the firewall thread where there is ubus to write through, or where the
+        config asks for sections (it then says once that they cannot be written). A
+        plain Linux host without either never loads it: a thread and a module less."""
+        if self.firewall is not None:
+            return
+        if not (self.config.zones or self.config.nats or ubus.connect(self.config.agent.ubus_socket)):
+            return
+        from .firewall import FirewallSync
+
+        self.firewall = FirewallSync(self.config, self.log)
+        if start:
+            self.firewall.start()
 
     def _reload(self) -> bool:
         try:
@@ -341,6 +362,7 @@ class Runner:
         d.log.info("started", pid=os.getpid(), interfaces=",".join(i.name for i in d.config.interfaces) or "-",
                    poll_interval=d.config.agent.poll_interval)
         next_poll = 0.0
+        frozen = False
         while self.stop_signal is None:
             if self.reload_requested:
                 self.reload_requested = False
@@ -350,6 +372,12 @@ class Runner:
             if now >= next_poll:
                 d.reconcile()
                 next_poll = now + d.config.agent.poll_interval
+                if not frozen:
+                    # What start-up made (modules, config, sockets) lives as long as we
+                    # do: keep it out of the collector's full passes, which otherwise
+                    # walk it again and again while each poll churns thousands of peers.
+                    gc.freeze()
+                    frozen = True
                 continue
             ready, _, _ = select.select([self.events, self._wake_r], [], [], next_poll - now)
             if self._wake_r in ready:
