@@ -29,6 +29,7 @@ from .wgsource import PeerSources
 
 RESYNC_SECONDS = 30.0
 SETTLE_SECONDS = 0.02  # after an event, let a burst (netifd flushing a device) arrive
+BURST = 20  # more changes of one kind in one pass than this: one summary line (see _log_lines)
 
 
 @dataclass
@@ -171,7 +172,8 @@ class Daemon:
             if self._try("rule_add_failed", self.rtnl.add_rule, rule, rule=rule.describe()):
                 self.view.rules.add(rule)
                 note("rule_added", rule)
-        verdicts = {f"peer {v.label}": v for v in desired.verdicts}
+        verdicts = {f"peer {v.label}": v for v in desired.verdicts} if done else {}
+        lines = []
         for (event, iface, owner), items in done.items():
             fields = {"iface": iface} if iface else {}
             if event.startswith("route"):
@@ -186,7 +188,8 @@ class Daemon:
                 fields.update(peer=owner[5:], reason="peer-removed")
             else:
                 fields.update(owner=owner)
-            self.log.info(event, **fields)
+            lines.append((event, fields))
+        self._log_lines(lines)
 
     def _try(self, failure_event: str, fn, *args, **fields) -> bool:
         """Run one kernel change; a failure is logged, retried at the next resync, never fatal."""
@@ -200,15 +203,38 @@ class Daemon:
 
     # --- logging of changes: one line each, nothing when nothing changed
 
+    def _log_lines(self, lines: list[tuple[str, dict]]) -> None:
+        """One info line per change; but a burst (a hub starting with thousands of
+        peers) is summed up in one line per kind and interface, with the lines each
+        at debug: logread's ring buffer is 64 KiB on a default OpenWrt, and 10,000
+        lines would wipe it (and cost seconds to write)."""
+        if len(lines) <= BURST:
+            for event, fields in lines:
+                self.log.info(event, **fields)
+            return
+        if log_mod.enabled("debug"):
+            for event, fields in lines:
+                self.log.debug(event, **fields)
+        groups: dict[tuple[str, str], list[dict]] = {}
+        for event, fields in lines:
+            groups.setdefault((event, fields.get("iface", "")), []).append(fields)
+        for (event, iface), group in groups.items():
+            who = [f.get("peer") or f.get("owner", "-") for f in group]
+            summary = {"iface": iface} if iface else {}
+            summary.update(count=len(group), first=",".join(who[:5]) + (",…" if len(who) > 5 else ""),
+                           detail="one line each at log_level debug")
+            self.log.info(event.replace("_", "s_", 1), **summary)  # peer_up -> peers_up
+
     def _log_peer_changes(self, desired: Desired) -> None:
         was_up = self.was_up
         now_up: dict[tuple[str, str], PeerVerdict] = {}
+        lines = []
         for v in desired.verdicts:
             if v.up:
                 key = (v.interface, v.peer.public_key)
                 now_up[key] = v
                 if key not in was_up:
-                    self._log_peer("peer_up", v)
+                    lines.append(self._peer_line("peer_up", v))
         gone = was_up.keys() - now_up.keys()
         if gone:
             seen = {(v.interface, v.peer.public_key): v for v in desired.verdicts}
@@ -217,15 +243,17 @@ class Daemon:
                 if v.interface in desired.frozen:
                     now_up[key] = v  # unreadable this time: keep what we knew
                 elif key in seen:
-                    self._log_peer("peer_down", seen[key])
+                    lines.append(self._peer_line("peer_down", seen[key]))
                 else:
-                    self.log.info("peer_down", iface=v.interface, peer=v.label, reason="peer-removed")
+                    lines.append(("peer_down", {"iface": v.interface, "peer": v.label, "reason": "peer-removed"}))
         self.was_up = now_up
+        self._log_lines(lines)
 
-    def _log_peer(self, event: str, v: PeerVerdict):
-        self.log.info(event, iface=v.interface, peer=v.label, endpoint=v.peer.endpoint or "-",
-                      handshake_age=_age(v.handshake_age), reason=v.reason,
-                      prefixes=",".join(r.prefix for r in v.routes) or "-")
+    @staticmethod
+    def _peer_line(event: str, v: PeerVerdict) -> tuple[str, dict]:
+        return event, {"iface": v.interface, "peer": v.label, "endpoint": v.peer.endpoint or "-",
+                       "handshake_age": _age(v.handshake_age), "reason": v.reason,
+                       "prefixes": ",".join(r.prefix for r in v.routes) or "-"}
 
     def _log_interface_states(self, states) -> None:
         for s in states:

@@ -101,5 +101,10 @@ def set_level(level: str):
     _state["level"] = LEVELS[level]
 
 
+def enabled(level: str) -> bool:
+    """Would a line at this level be written? (To skip building thousands that would not.)"""
+    return LEVELS[level] >= _state["level"]
+
+
 def get(**bound):
     return structlog.get_logger().bind(**bound) if bound else structlog.get_logger()
