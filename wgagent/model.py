@@ -72,7 +72,7 @@ class Route(NamedTuple):
     @property
     def slot(self) -> tuple[int, str, int]:
         """Where the route sits: at most one route of ours per (table, prefix)."""
-        return (self.table, self.dst, self.prefixlen)
+        return self[:3]  # (table, dst, prefixlen)
 
 
 class Rule(NamedTuple):

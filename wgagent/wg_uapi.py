@@ -110,7 +110,7 @@ def parse(answer: bytes) -> tuple[Peer, ...]:
             if len(_allowed) >= 1 << 16:
                 _allowed.clear()
             _allowed[ips] = prefixes
-        peers.append(Peer(_hex_key(key), prefixes, endpoint or None, int(sec) + int(nsec) / 1e9,
+        peers.append(Peer(_keys.get(key) or _hex_key(key), prefixes, endpoint or None, int(sec) + int(nsec) / 1e9,
                           int(rx), int(tx), int(keepalive)))
     return tuple(peers)
 
