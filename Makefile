@@ -7,7 +7,7 @@ PY        := $(VENV)/bin/python
 APT_PKGS  := wireguard-tools wireguard-go iproute2 iputils-ping busybox-static shellcheck kmod qemu-system-x86 file
 PYTEST    ?= $(PY) -m pytest
 
-.PHONY: deps venv test test-kernel unit demo bench ipk feed-src install clean
+.PHONY: deps venv test test-kernel unit demo bench bench-kernel ipk feed-src install clean
 
 deps: venv
 	@missing=""; for t in wg wireguard-go ip ping busybox shellcheck depmod qemu-system-x86_64 file; do \
@@ -54,6 +54,10 @@ demo: deps
 # convergence, scale and footprint against hand-written baselines; writes bench/RESULTS.md
 bench: deps
 	$(PY) bench/run.py
+
+# the sections that apply to kernel WireGuard, inside the test VM; writes bench/RESULTS-kernel.md
+bench-kernel: deps
+	python3 tests/vm/run_vm.py --bench
 
 # wgagent_<version>-r<release>_all.ipk in dist/, built without the OpenWrt SDK
 ipk: venv

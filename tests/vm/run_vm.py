@@ -19,6 +19,7 @@ status (a kernel panic also ends qemu with 0). On failure the guest's console an
 pytest output are printed.
 
 Usage: run_vm.py [pytest arguments...]   (default: the kernel-backend suite)
+       run_vm.py --bench                  (bench/run.py --kernel -> bench/RESULTS-kernel.md)
 Exit: 0 passed, 1 failed, 77 could not run here (the reason is printed).
 """
 
@@ -140,12 +141,13 @@ mount -t devpts devpts /dev/pts
 ip link set lo up
 export HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PYTHONDONTWRITEBYTECODE=1 WGAGENT_BACKENDS=kernel WGAGENT_TEST_SLOWDOWN={slowdown}
+export WGAGENT_BENCH_QUICK={quick}
 cd {root}
-echo "guest: kernel $(uname -r), $(nproc) cpus; starting pytest"
+echo "guest: kernel $(uname -r), $(nproc) cpus; starting {what}"
 start=$(date +%s)
-{python} -m pytest -p no:cacheprovider -v -rs --junitxml={out}/junit.xml {tests} > {out}/pytest.log 2>&1
+{command} > {out}/pytest.log 2>&1
 echo $? > {out}/rc
-echo "guest: pytest done in $(( $(date +%s) - start ))s"
+echo "guest: {what} done in $(( $(date +%s) - start ))s"
 tail -n 3 {out}/pytest.log
 sync
 echo o > /proc/sysrq-trigger
@@ -193,15 +195,23 @@ def main(argv: list[str]) -> int:
     with gzip.open(initrd, "wb", compresslevel=1) as f:
         f.write(_cpio(entries))
     accel = "kvm" if kvm_usable() else "tcg"
-    tests = argv or DEFAULT_TESTS
+    tests = [a for a in argv if a != "--bench"] or DEFAULT_TESTS
     python = os.path.realpath(os.path.join(ROOT, ".venv", "bin", "python"))
     if not os.path.exists(python):
         python = os.path.realpath(sys.executable)
     # the venv's own python: its site-packages come from the venv's pyvenv.cfg
     venv_python = os.path.join(ROOT, ".venv", "bin", "python")
+    python = venv_python if os.path.exists(venv_python) else python
+    bench = argv[:1] == ["--bench"]  # make bench-kernel: bench/run.py's kernel sections instead of tests
+    if bench:
+        what, command = "the benchmark", f"{python} bench/run.py --kernel --out {OUT}/RESULTS-kernel.md"
+    else:
+        what = "pytest"
+        command = f"{python} -m pytest -p no:cacheprovider -v -rs --junitxml={OUT}/junit.xml {' '.join(tests)}"
     with open(os.path.join(OUT, "guest.sh"), "w") as f:
-        f.write(GUEST.format(root=ROOT, out=OUT, python=venv_python if os.path.exists(venv_python) else python,
-                             tests=" ".join(tests), slowdown=1 if accel == "kvm" else 6))
+        f.write(GUEST.format(root=ROOT, out=OUT, command=command, what=what,
+                             quick=os.environ.get("WGAGENT_BENCH_QUICK", "0"),
+                             slowdown=1 if accel == "kvm" else 6))
     console = os.path.join(OUT, "console.log")
     cmd = ["qemu-system-x86_64", "-accel", accel, "-m", "1024", "-smp", "2", "-nographic", "-no-reboot",
            "-kernel", vmlinuz, "-initrd", initrd,
@@ -209,7 +219,7 @@ def main(argv: list[str]) -> int:
            "-virtfs", "local,path=/,mount_tag=root,security_model=none,readonly=on,multidevs=remap",
            "-virtfs", f"local,path={OUT},mount_tag=out,security_model=none,multidevs=remap",
            "-nic", "none"]
-    print(f"vm: booting {kver} ({accel}, 2 vCPU, 1 GiB) for: {' '.join(tests)}", flush=True)
+    print(f"vm: booting {kver} ({accel}, 2 vCPU, 1 GiB) for: {what if bench else ' '.join(tests)}", flush=True)
     with open(console, "w") as con:
         try:
             subprocess.run(cmd, stdout=con, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -220,10 +230,12 @@ def main(argv: list[str]) -> int:
     log = _read(os.path.join(OUT, "pytest.log"))
     rc = _read(os.path.join(OUT, "rc")).strip()
     print(log, flush=True)
-    print(f"vm: done in {elapsed:.0f}s (boot, tests and power-off); guest pytest exit {rc or 'missing'}", flush=True)
+    print(f"vm: done in {elapsed:.0f}s (boot, {what} and power-off); guest exit {rc or 'missing'}", flush=True)
     if rc != "0":
         print("vm: guest console:\n" + _read(console)[-6000:], flush=True)
         return 1
+    if bench:
+        shutil.copy(os.path.join(OUT, "RESULTS-kernel.md"), os.path.join(ROOT, "bench", "RESULTS-kernel.md"))
     return 0
 
 
