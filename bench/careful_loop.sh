@@ -12,6 +12,8 @@ while [ "$i" -lt "$CYCLES" ]; do
 	now=$(date +%s)
 	wg show "$IF" dump | awk -v now="$now" 'NR > 1 { up = ($5 > 0 && now - $5 < 180) ? 1 : 0; print $1, up, $4 }' \
 		| sort > "$cur"
+	# SEED=1: only record this cycle as the previous one (a bench set-up step)
+	[ -n "${SEED:-}" ] && { mv "$cur" "$prev"; exit 0; }
 	# lines that differ from the previous cycle: peers that came up or went down
 	comm -13 "$prev" "$cur" | while read -r key up ips; do
 		for ip in $(echo "$ips" | tr ',' ' '); do

@@ -1,0 +1,153 @@
+"""Generic netlink dumps of kernel WireGuard decoded into peers. No root: the
+messages are built here byte by byte as the kernel lays them out
+(drivers/net/wireguard/netlink.c), and pyroute2's independent decoder checks them.
+The real kernel's dumps are read in the test VM (test_kernel_genl.py)."""
+
+from __future__ import annotations
+
+import base64
+import errno
+import socket
+import struct
+
+import pytest
+
+from wgagent import wg_kernel as wk
+from wgagent.wg_kernel import KernelWgError, nla
+
+NESTED = 0x8000
+KEY1, KEY2 = bytes(range(32)), bytes(range(100, 132))
+
+
+def nest(kind: int, *items: bytes) -> bytes:
+    return nla(kind | NESTED, b"".join(items))
+
+
+def sockaddr(addr: str, port: int, scope: int = 0) -> bytes:
+    if ":" in addr:
+        return struct.pack("=H", socket.AF_INET6) + struct.pack("!HI", port, 0) + \
+            socket.inet_pton(socket.AF_INET6, addr) + struct.pack("=I", scope)
+    return struct.pack("=H", socket.AF_INET) + struct.pack("!H", port) + socket.inet_pton(socket.AF_INET, addr) + \
+        b"\0" * 8
+
+
+def allowed(*prefixes: str) -> bytes:
+    items = []
+    for i, prefix in enumerate(prefixes):
+        addr, cidr = prefix.split("/")
+        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        items.append(nest(i, nla(wk.WGALLOWEDIP_A_FAMILY, struct.pack("=H", family)),
+                          nla(wk.WGALLOWEDIP_A_IPADDR, socket.inet_pton(family, addr)),
+                          nla(wk.WGALLOWEDIP_A_CIDR_MASK, bytes((int(cidr),)))))
+    return nest(wk.WGPEER_A_ALLOWEDIPS, *items)
+
+
+def peer(key: bytes, ips=(), endpoint=None, handshake=(0, 0), rx=0, tx=0, keepalive=0, full=True) -> bytes:
+    """One peer as the kernel puts it: everything in its first piece, only the key
+    and more AllowedIPs in a continuation (full=False)."""
+    attrs = [nla(wk.WGPEER_A_PUBLIC_KEY, key)]
+    if full:
+        attrs += [nla(2, b"\0" * 32),  # preshared key: not read
+                  nla(wk.WGPEER_A_LAST_HANDSHAKE_TIME, struct.pack("=qq", *handshake)),
+                  nla(wk.WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL, struct.pack("=H", keepalive)),
+                  nla(wk.WGPEER_A_TX_BYTES, struct.pack("=Q", tx)),
+                  nla(wk.WGPEER_A_RX_BYTES, struct.pack("=Q", rx)),
+                  nla(10, struct.pack("=I", 1))]  # protocol version: not read
+        if endpoint:
+            attrs.append(nla(wk.WGPEER_A_ENDPOINT, sockaddr(*endpoint)))
+    if ips:
+        attrs.append(allowed(*ips))
+    return nest(0, *attrs)
+
+
+def message(*peers: bytes) -> bytes:
+    """A WG_CMD_GET_DEVICE answer's payload: genl header, device attributes, peers."""
+    return (bytes((wk.WG_CMD_GET_DEVICE, 1, 0, 0)) + nla(1, struct.pack("=I", 7)) + nla(2, b"wg0\0") +
+            nla(6, struct.pack("=H", 51820)) + nest(wk.WGDEVICE_A_PEERS, *peers))
+
+
+def test_one_message_every_field():
+    msg = message(peer(KEY1, ("10.0.31.5/32", "fd00::5/128"), ("203.0.113.7", 51820), (1700000000, 500000000),
+                       rx=2224, tx=38333, keepalive=25),
+                  peer(KEY2, ("10.0.0.0/8",), ("2001:db8::1", 4500, 3)),
+                  peer(bytes(32)))
+    (p1, p2, p3), interrupted = wk.merge_dump([(0, msg)])
+    assert not interrupted
+    assert p1.public_key == base64.b64encode(KEY1).decode()
+    assert p1.allowed_ips == ("10.0.31.5/32", "fd00::5/128")
+    assert p1.endpoint == "203.0.113.7:51820"
+    assert p1.last_handshake == 1700000000.5
+    assert (p1.rx_bytes, p1.tx_bytes, p1.keepalive) == (2224, 38333, 25)
+    assert p2.endpoint == "[2001:db8::1%3]:4500" and p2.last_handshake == 0
+    assert p3.allowed_ips == () and p3.endpoint is None  # no AllowedIPs, no endpoint yet
+
+
+def test_peer_split_over_messages_is_merged_by_key():
+    first = message(peer(KEY1, [f"10.1.0.{i}/32" for i in range(1, 200)], ("192.0.2.1", 1), (5, 0), rx=9))
+    rest = message(peer(KEY1, [f"10.1.1.{i}/32" for i in range(1, 100)] + ["fd00:1::/64"], full=False),
+                   peer(KEY2, ("10.2.0.1/32",)))
+    (p1, p2), interrupted = wk.merge_dump([(0, first), (0, rest)])
+    assert not interrupted
+    assert len(p1.allowed_ips) == 199 + 100 and p1.allowed_ips[-1] == "fd00:1::/64"
+    assert (p1.endpoint, p1.last_handshake, p1.rx_bytes) == ("192.0.2.1:1", 5.0, 9)  # the continuation keeps them
+    assert p2.allowed_ips == ("10.2.0.1/32",)
+
+
+def test_interrupted_flag_on_any_message():
+    msg = message(peer(KEY1, ("10.0.0.1/32",)))
+    assert wk.merge_dump([(0, msg), (wk.NLM_F_DUMP_INTR, b"")])[1] is True
+    assert wk.merge_dump([(wk.NLM_F_DUMP_INTR, msg)])[1] is True
+
+
+def test_host_bits_and_ipv6_spelling_are_normalised_like_uapi():
+    (p,), _ = wk.merge_dump([(0, message(peer(KEY1, ("10.0.0.7/24", "fd00:0:0::1/128"))))])
+    assert p.allowed_ips == ("10.0.0.0/24", "fd00::1/128")
+
+
+@pytest.mark.parametrize("cut", [1, 3, 6])
+def test_truncated_attribute_is_an_error_not_a_guess(cut):
+    msg = message(peer(KEY1, ("10.0.0.1/32",)))
+    with pytest.raises(KernelWgError) as e:
+        wk.merge_dump([(0, msg[:-cut])])
+    assert e.value.errno == errno.EPROTO
+
+
+def test_peer_without_key_is_an_error():
+    with pytest.raises(KernelWgError, match="without a public key"):
+        wk.merge_dump([(0, message(nest(0, allowed("10.0.0.1/32"))))])
+
+
+def test_agrees_with_pyroute2s_decoder():
+    """An independent reading of the same bytes: pyroute2's wgmsg NLA classes."""
+    wgmsg = pytest.importorskip("pyroute2.netlink.generic.wireguard").wgmsg
+    peers = [peer(bytes([i]) * 32, (f"10.9.{i}.0/24", f"fd09:{i}::/64"), ("198.51.100.9", 1000 + i),
+                  (1700000000 + i, 250000000), rx=i * 1000, tx=i * 7, keepalive=i % 30) for i in range(1, 40)]
+    payload = message(*peers)
+    header = struct.pack("=IHHII", 16 + len(payload), 30, 2, 1, 0)
+    decoded = wgmsg(header + payload)
+    decoded.decode()
+    ours, _ = wk.merge_dump([(0, payload)])
+    assert len(ours) == len(decoded.get_attr("WGDEVICE_A_PEERS")) == 39
+    for mine, theirs in zip(ours, decoded.get_attr("WGDEVICE_A_PEERS")):
+        key = theirs.get_attr("WGPEER_A_PUBLIC_KEY")
+        key = key if isinstance(key, bytes) else key["value"]  # 0.9 gives the value, 0.7 the nla
+        assert mine.public_key == (key.decode() if isinstance(key, bytes) else key)
+        assert mine.rx_bytes == theirs.get_attr("WGPEER_A_RX_BYTES")
+        assert mine.tx_bytes == theirs.get_attr("WGPEER_A_TX_BYTES")
+        assert mine.keepalive == theirs.get_attr("WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL")
+        hs = theirs.get_attr("WGPEER_A_LAST_HANDSHAKE_TIME")
+        assert mine.last_handshake == hs["tv_sec"] + hs["tv_nsec"] / 1e9
+        ep = theirs.get_attr("WGPEER_A_ENDPOINT")
+        assert mine.endpoint == f"{ep['addr']}:{ep['port']}"
+        assert mine.allowed_ips == tuple(a["addr"] for a in theirs.get_attr("WGPEER_A_ALLOWEDIPS"))
+
+
+def test_missing_family_is_a_clear_error():
+    try:
+        wk.KernelWireGuard().read_peers("wgx0")
+    except KernelWgError as e:
+        if e.errno != errno.ENOENT or "generic netlink family" not in str(e):
+            pytest.skip(f"this kernel has the wireguard family ({e})")
+        assert str(e).startswith("[Errno 2] wgx0: wireguard generic netlink family unavailable")
+    else:
+        pytest.skip("this kernel has the wireguard family and an interface wgx0")
