@@ -125,7 +125,9 @@ def test_idle_timeout_drops_silent_keepalive_peer_and_keeps_talking_one(site):
     p1.run("wg", "set", "wgc", "peer", site.keys["wg0"][1], "persistent-keepalive", "0")
     left = time.monotonic()
     wait_for(lambda: owned_prefixes(site.r) == {"10.0.31.6"}, 3 + POLL + 5, what="silent peer's route gone")
-    assert time.monotonic() - left >= 2.5
+    # not at once: idle_timeout (3 s) counts from the last keepalive seen, which
+    # may have arrived up to one keepalive interval (1 s) before `left`
+    assert time.monotonic() - left >= 1.5
     assert f"peer={pub1[:8]}" in agent.events("route_removed")[0] and "reason=idle" in agent.events("route_removed")[0]
     time.sleep(4)  # longer than idle_timeout: the talking peer stays
     assert owned_prefixes(site.r) == {"10.0.31.6"}
