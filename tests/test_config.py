@@ -213,3 +213,58 @@ def test_rules_options(tmp_path):
 def test_rules_option_errors(tmp_path, body, fragment):
     with pytest.raises(ConfigError, match=fragment):
         load_text(tmp_path, body)
+
+
+PEER = f"config interface 'wg0'\nconfig peer 'phone'\n\toption interface 'wg0'\n\toption public_key '{KEY}'\n"
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("route", "perhaps", "boolean"),
+    ("idle_timeout", "-1", "out of range"),
+    ("idle_timeout", "later", "expected a number"),
+    ("source_table", "nosuchtable", "unknown table name"),
+    ("source_table", "0", "out of range"),
+])
+def test_bad_peer_values(tmp_path, option, value, message):
+    with pytest.raises(ConfigError) as err:
+        load_text(tmp_path, PEER + f"\toption {option} '{value}'\n")
+    assert (err.value.section, err.value.option, err.value.value) == ("phone", option, value)
+    assert message in str(err.value)
+
+
+def test_a_table_name_whose_number_is_out_of_range(tmp_path):
+    # rt_tables names 0 "unspec": the kernel would file such a route in main, where
+    # wgagent would never find it again (and re-add it on every pass)
+    path = tmp_path / "wgagent"
+    path.write_text("config interface 'wg0'\n\toption table 'unspec'\n")
+    with pytest.raises(ConfigError, match=r"option 'table', value 'unspec'.*number 0 in rt_tables"):
+        config.load(str(path), dict(TABLES, unspec=0))
+
+
+def test_not_utf8(tmp_path):
+    path = tmp_path / "wgagent"
+    path.write_bytes(b"config interface 'wg\xff0'\n")
+    with pytest.raises(ConfigError, match=f"{path}: not UTF-8 text"):
+        config.load(str(path), TABLES)
+
+
+@pytest.mark.parametrize("body,fragment", [
+    ("interfaces: [wg0, wg1]\n", "section 'interfaces'.*expected a mapping"),
+    ("interfaces:\n  wg0:\n    metric: null\n", "section 'wg0', option 'metric', value 'null'.*expected a string"),
+    ("interfaces:\n  wg0:\n    metric: [1, true]\n", "option 'metric'.*expected a string"),
+])
+def test_more_yaml_errors(tmp_path, body, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_text(tmp_path, body, "c.yaml")
+
+
+def test_check_exits_2_on_a_bad_config_and_names_the_value(tmp_path, capsys):
+    from wgagent import cli
+
+    path = tmp_path / "wgagent"
+    path.write_text("config agent 'main'\n\toption poll_interval 'fast'\n")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["check", "--config", str(path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{path}: section 'main', option 'poll_interval', value 'fast'" in err

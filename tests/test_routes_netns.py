@@ -348,6 +348,23 @@ def test_a_failing_route_is_logged_and_retried_never_fatal(site):
     wait_for(lambda: owned_prefixes(site.r) == {"10.0.31.5"}, 5, what="the IPv4 route")
     wait_for(lambda: agent.events("route_add_failed"), 5, what="the failure logged")
     assert "prefix=fd31::5/128" in agent.events("route_add_failed")[0]
+    time.sleep(4 * POLL)  # retried on every pass, but warned about once
+    assert len(agent.events("route_add_failed")) == 1
     site.r.run("sysctl", "-qw", "net.ipv6.conf.wg0.disable_ipv6=0")
     wait_for(lambda: owned_prefixes(site.r) == {"10.0.31.5", "fd31::5"}, 5, what="the IPv6 route on retry")
     assert agent.proc.poll() is None
+
+
+def test_a_device_that_is_down_takes_no_routes_until_it_is_up(site):
+    site.phone("p1", "10.0.31.5", keepalive=1)
+    agent = Agent(site.lab, site.r, site.config()).start()
+    site.handshake("p1")
+    wait_for(lambda: owned_prefixes(site.r) == {"10.0.31.5"}, 5, what="route")
+    site.r.ip("link", "set", "wg0", "down")  # the kernel drops the device's routes
+    wait_for(lambda: agent.events("interface_down"), 5, what="interface_down logged")
+    time.sleep(3 * POLL)
+    assert not owned_routes(site.r)
+    assert len(agent.events("interface_down")) == 1 and not agent.events("route_add_failed")
+    site.r.ip("link", "set", "wg0", "up")
+    wait_for(lambda: owned_prefixes(site.r) == {"10.0.31.5"}, 5, what="route back once the device is up")
+    assert agent.events("interface_up")

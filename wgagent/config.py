@@ -167,7 +167,10 @@ def table(raw: str, tables: dict[str, int]) -> int:
             return num
         raise ValueError("table number out of range: must be 1..4294967295")
     if value in tables:
-        return tables[value]
+        num = tables[value]
+        if 1 <= num <= 2**32 - 1:
+            return num
+        raise ValueError(f"table {value!r} is number {num} in rt_tables: must be 1..4294967295")
     raise ValueError("unknown table name (not a number and not in /etc/iproute2/rt_tables)")
 
 
@@ -504,7 +507,8 @@ def _yaml_scalar(path: str, label: str, option: str, value: Any) -> Any:
         return str(value)
     if isinstance(value, list) and all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in value):
         return [str(v) for v in value]
-    raise ConfigError(path, label, option, value, "expected a string, a number, a boolean or a list of them")
+    shown = "null" if value is None else value  # YAML's null (ConfigError leaves None out)
+    raise ConfigError(path, label, option, shown, "expected a string, a number, a boolean or a list of them")
 
 
 def raw_from_yaml(path: str, text_: str) -> list[RawSection]:

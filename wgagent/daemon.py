@@ -58,6 +58,10 @@ class Daemon:
         self.was_up: dict[tuple[str, str], PeerVerdict] = {}
         self.iface_errors: dict[str, str] = {}
         self.conflicts_warned: set = set()
+        # kernel changes that failed, with the errno last warned about: a change that keeps
+        # failing (IPv6 disabled on the device) is warned once, not on every poll
+        self.failures_warned: dict = {}
+        self.links_down: set[str] = set()
         self.problems_warned: set = set()
         self.path_seen: dict[str, tuple] = {}
         self.last_desired = Desired()
@@ -115,7 +119,7 @@ class Daemon:
                 desired.verdicts += [v for v in self.last_desired.verdicts if v.interface in desired.frozen]
         else:
             desired = Desired()
-        self._log_peer_changes(desired)
+        self._log_peer_changes(desired, {s.name for s in states if s.backend})
         if self.dirty or mono - self.view.read_at >= RESYNC_SECONDS:
             self._read_kernel(links, mono)
         if self.config.agent.enabled:
@@ -126,6 +130,7 @@ class Daemon:
         plan = plan_routes(wanted_routes, self.view.owned, self.view.foreign, desired.frozen)
         rule_plan = plan_rules(desired.rules, self.view.rules)
         self._warn_conflicts(plan.conflicts)
+        self._log_links_down(plan, links)
         if plan or rule_plan:
             self._apply(plan, rule_plan, links, desired)
         self.last_desired = desired
@@ -152,7 +157,9 @@ class Daemon:
                 self.view.rules.discard(rule)
                 note("rule_removed", rule)
         changes = [("delete", r, links[r.ifname].index if r.ifname in links else None) for r in plan.delete]
-        changes += [("add", r, links[r.ifname].index) for r in plan.add if r.ifname in links]
+        # a device that is down takes no routes (the kernel refuses them, and flushed its
+        # own when it went down): they are added when its RTM_NEWLINK says it is up
+        changes += [("add", r, links[r.ifname].index) for r in plan.add if r.ifname in links and links[r.ifname].up]
         for (verb, route, _), code in zip(changes, self.rtnl.apply_routes(changes)):
             if code == errno.EEXIST:
                 # somebody added the same route between our read and our write: re-read
@@ -160,12 +167,14 @@ class Daemon:
                 self.dirty = True
             elif code and not (verb == "delete" and code in (errno.ESRCH, errno.ENOENT, errno.ENODEV)):
                 self.dirty = True
-                self.log.warning(f"route_{'add' if verb == 'add' else 'remove'}_failed", iface=route.ifname,
-                                 prefix=route.prefix, table=self._table(route.table), error=os.strerror(code))
+                self._failed(f"route_{'add' if verb == 'add' else 'remove'}_failed", (verb, route), code,
+                             iface=route.ifname, prefix=route.prefix, table=self._table(route.table))
             elif verb == "add":
+                self.failures_warned.pop((verb, route), None)
                 self.view.owned.add(route)
                 note("route_added", route, route.ifname)
             else:
+                self.failures_warned.pop((verb, route), None)
                 self.view.owned.discard(route)
                 note("route_removed", route, route.ifname)
         for rule in rule_plan.add:
@@ -186,6 +195,10 @@ class Daemon:
                 fields.update(peer=v.label, handshake_age=_age(v.handshake_age), reason=v.reason)
             elif owner.startswith("peer "):
                 fields.update(peer=owner[5:], reason="peer-removed")
+            elif owner == "-":
+                # held under our tag but wanted by nobody: left by an earlier run, or by
+                # a config that has changed since
+                fields.update(reason="not-wanted")
             else:
                 fields.update(owner=owner)
             lines.append((event, fields))
@@ -193,13 +206,33 @@ class Daemon:
 
     def _try(self, failure_event: str, fn, *args, **fields) -> bool:
         """Run one kernel change; a failure is logged, retried at the next resync, never fatal."""
+        key = (fn.__name__, *args)
         try:
             fn(*args)
         except OSError as e:
             self.dirty = True
-            self.log.warning(failure_event, error=str(e), **fields)
+            self._failed(failure_event, key, e.errno, error_text=str(e), **fields)
             return False
+        self.failures_warned.pop(key, None)
         return True
+
+    def _failed(self, event: str, key, code, error_text: str = "", **fields) -> None:
+        """Warn of a failed change once per error: it is retried on every pass, and a
+        line per poll would wipe logread's ring buffer."""
+        if self.failures_warned.get(key) == code:
+            return
+        self.failures_warned[key] = code
+        self.log.warning(event, error=error_text or os.strerror(code), **fields,
+                         retry="every pass; logged again if the error changes")
+
+    def _log_links_down(self, plan, links) -> None:
+        down = {r.ifname for r in plan.add if r.ifname in links and not links[r.ifname].up}
+        for name in sorted(down - self.links_down):
+            self.log.warning("interface_down", iface=name, detail="routes wait until it is up")
+        for name in sorted(self.links_down - down):
+            if name in links and links[name].up:
+                self.log.info("interface_up", iface=name)
+        self.links_down = down
 
     # --- logging of changes: one line each, nothing when nothing changed
 
@@ -225,7 +258,7 @@ class Daemon:
                            detail="one line each at log_level debug")
             self.log.info(event.replace("_", "s_", 1), **summary)  # peer_up -> peers_up
 
-    def _log_peer_changes(self, desired: Desired) -> None:
+    def _log_peer_changes(self, desired: Desired, present: set[str]) -> None:
         was_up = self.was_up
         now_up: dict[tuple[str, str], PeerVerdict] = {}
         lines = []
@@ -245,7 +278,9 @@ class Daemon:
                 elif key in seen:
                     lines.append(self._peer_line("peer_down", seen[key]))
                 else:
-                    lines.append(("peer_down", {"iface": v.interface, "peer": v.label, "reason": "peer-removed"}))
+                    lines.append(("peer_down", {"iface": v.interface, "peer": v.label,
+                                                "reason": "peer-removed" if v.interface in present
+                                                else "interface-gone"}))
         self.was_up = now_up
         self._log_lines(lines)
 
@@ -311,7 +346,12 @@ class Daemon:
         links = self.rtnl.links()
         owned = self.rtnl.routes({link.index: name for name, link in links.items()}).owned
         rules = self.rtnl.rules()
-        n = sum(self.rtnl.delete_rule(rule) for rule in rules)
+        n = 0
+        for rule in rules:  # one that cannot go must not keep the others (or the routes)
+            try:
+                n += self.rtnl.delete_rule(rule)
+            except OSError as e:
+                self.log.warning("rule_remove_failed", rule=rule.describe(), error=str(e))
         changes = [("delete", r, links[r.ifname].index if r.ifname in links else None) for r in owned]
         n += sum(code == 0 for code in self.rtnl.apply_routes(changes))
         if owned:
