@@ -129,6 +129,11 @@ def test_idle_timeout_drops_silent_keepalive_peer_and_keeps_talking_one(site):
     # may have arrived up to one keepalive interval (1 s) before `left`
     assert time.monotonic() - left >= 1.5
     assert f"peer={pub1[:8]}" in agent.events("route_removed")[0] and "reason=idle" in agent.events("route_removed")[0]
+    # status tells it too (idleness lives in the daemon: the kernel shows a fresh handshake)
+    peers = {p["public_key"]: p for p in json.loads(agent.run_cli("status", "--json", check=True).stdout)
+             ["interfaces"][0]["peers"]}
+    assert (peers[pub1]["up"], peers[pub1]["reason"]) == (False, "idle")
+    assert peers[site.phones["p2"][1]]["up"] is True
     time.sleep(4)  # longer than idle_timeout: the talking peer stays
     assert owned_prefixes(site.r) == {"10.0.31.6"}
 

@@ -52,6 +52,7 @@ def cmd_run(args) -> int:
         log.exception("crashed")
         return EXIT_PROBLEMS
     finally:
+        daemon.forget_idle_state()  # also after --once or a crash: no daemon is left to mean it
         sources.close()
         rtnl.close()
         events.close()
@@ -63,12 +64,16 @@ def gather_status(cfg) -> dict:
     from .rtnl import Rtnl
     from .wgsource import PeerSources
 
+    from .daemon import read_idle_state
+    from .policy import IDLE
+
     rtnl, sources = Rtnl(), PeerSources()
     try:
         states, desired, view, problems = Daemon(cfg, rtnl, sources).snapshot()
     finally:
         sources.close()
         rtnl.close()
+    idle = read_idle_state()  # only the running daemon knows whose rx stopped growing
     out = {"interfaces": [], "conflicts": [], "return_paths": [], "problems": problems}
     for state in states:
         iface = cfg.interface(state.name)
@@ -77,6 +82,8 @@ def gather_status(cfg) -> dict:
         for v in desired.verdicts:
             if v.interface != state.name:
                 continue
+            if v.up and (v.interface, v.peer.public_key) in idle:
+                v = v._replace(up=False, reason=IDLE)
             entry["peers"].append({
                 "public_key": v.peer.public_key, "short_key": v.peer.short_key,
                 "description": v.description or None, "endpoint": v.peer.endpoint,

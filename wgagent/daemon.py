@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import json
 import os
 import select
 import signal
@@ -22,7 +23,7 @@ from . import log as log_mod
 from . import netifd, ubus
 from .config import Config, ConfigError
 from .model import Route, Rule
-from .policy import (Desired, PathState, PeerVerdict, PlanMemo, desired_rules, desired_state, plan_routes,
+from .policy import (IDLE, Desired, PathState, PeerVerdict, PlanMemo, desired_rules, desired_state, plan_routes,
                      plan_rules, track_activity)
 from .rtnl import Rtnl, RtnlEvents
 from .wgsource import PeerSources
@@ -30,6 +31,27 @@ from .wgsource import PeerSources
 RESYNC_SECONDS = 30.0
 SETTLE_SECONDS = 0.02  # after an event, let a burst (netifd flushing a device) arrive
 BURST = 20  # more changes of one kind in one pass than this: one summary line (see _log_lines)
+RUN_DIR = os.environ.get("WGAGENT_RUN_DIR", "/var/run/wgagent")
+
+
+def idle_state_path() -> str:
+    """Where the daemon of this network namespace says which peers it holds idle.
+    Idleness is the one verdict the kernel cannot tell (it needs the rx history), so
+    `wgagent status` reads it from here; one file per network namespace, so that two
+    daemons on one host (the demo's routers) never share one."""
+    return os.path.join(RUN_DIR, f"idle-{os.stat('/proc/self/ns/net').st_ino}.json")
+
+
+def read_idle_state() -> set[tuple[str, str]]:
+    """(interface, public key) of the peers the running daemon holds idle; empty when
+    no daemon runs here (its file is gone, or its pid is not alive)."""
+    try:
+        with open(idle_state_path()) as f:
+            state = json.load(f)
+        os.kill(state["pid"], 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    return {(iface, key) for iface, key in state["idle"]}
 
 
 @dataclass
@@ -62,6 +84,7 @@ class Daemon:
         # failing (IPv6 disabled on the device) is warned once, not on every poll
         self.failures_warned: dict = {}
         self.links_down: set[str] = set()
+        self.idle_written: set | None = None  # what idle_state_path() holds
         self.problems_warned: set = set()
         self.path_seen: dict[str, tuple] = {}
         self.last_desired = Desired()
@@ -262,12 +285,17 @@ class Daemon:
         was_up = self.was_up
         now_up: dict[tuple[str, str], PeerVerdict] = {}
         lines = []
+        idle = set()
         for v in desired.verdicts:
             if v.up:
                 key = (v.interface, v.peer.public_key)
                 now_up[key] = v
                 if key not in was_up:
                     lines.append(self._peer_line("peer_up", v))
+            elif v.reason == IDLE:
+                idle.add((v.interface, v.peer.public_key))
+        if idle != self.idle_written:
+            self._write_idle(idle)
         gone = was_up.keys() - now_up.keys()
         if gone:
             seen = {(v.interface, v.peer.public_key): v for v in desired.verdicts}
@@ -283,6 +311,25 @@ class Daemon:
                                                 else "interface-gone"}))
         self.was_up = now_up
         self._log_lines(lines)
+
+    def _write_idle(self, idle: set) -> None:
+        path = idle_state_path()
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path + ".tmp", "w") as f:
+                json.dump({"pid": os.getpid(), "idle": sorted(idle)}, f)
+            os.replace(path + ".tmp", path)
+            self.idle_written = idle
+        except OSError as e:
+            self.idle_written = idle  # status then misses idleness; not worth a line per poll
+            self.log.warning("state_write_failed", path=path, error=str(e))
+
+    def forget_idle_state(self) -> None:
+        if self.idle_written is not None:
+            try:
+                os.unlink(idle_state_path())
+            except OSError:
+                pass
 
     @staticmethod
     def _peer_line(event: str, v: PeerVerdict) -> tuple[str, dict]:
@@ -458,6 +505,7 @@ class Runner:
         signal.set_wakeup_fd(-1)
         if d.firewall is not None:
             d.firewall.stop()  # firewall sections are configuration: they stay
+        d.forget_idle_state()
         name = signal.Signals(self.stop_signal).name
         if d.config.agent.keep_routes_on_stop:
             d.log.info("stopping", signal=name, routes="kept (keep_routes_on_stop)")
