@@ -213,3 +213,48 @@ def test_plan_rules():
     plan = plan_rules({a, SUPPRESS4}, {b, SUPPRESS4})
     assert (plan.add, plan.delete) == ([a], [b]) and plan
     assert not plan_rules({a}, {a})
+
+
+# --- the memo: a verdict is kept only while nothing it depends on has changed
+
+from wgagent.policy import PlanMemo  # noqa: E402
+
+
+def _poll(config, peer, now, act, mono, memo):
+    activity = {("wg0", peer.public_key): act} if act else {}
+    d = desired_state(config, [InterfaceState("wg0", "uapi", (peer,))], now, activity, mono, memo)
+    return d.verdicts[0]
+
+
+def test_a_verdict_is_kept_for_the_same_peer_and_history_until_a_deadline():
+    config, memo = cfg(idle_timeout=10), PlanMemo()
+    peer = Peer(K1, ("10.0.31.5/32",), None, NOW - 5, 100)
+    act = Activity(100, 50.0)
+    first = _poll(config, peer, NOW, act, 51.0, memo)
+    assert first.up and _poll(config, peer, NOW + 1, act, 52.0, memo) is first
+    # a new Peer (its block changed), a new rx history, a new config, the clock back: computed anew
+    assert _poll(config, peer._replace(rx_bytes=101), NOW + 1, act, 52.0, memo) is not first
+    first = _poll(config, peer, NOW + 1, act, 52.0, memo)
+    assert _poll(config, peer, NOW + 1, Activity(100, 50.0), 52.0, memo) is not first
+    first = _poll(config, peer, NOW + 1, act, 52.0, memo)
+    assert _poll(cfg(idle_timeout=10), peer, NOW + 1, act, 52.0, memo) is not first
+    assert _poll(config, peer, NOW - 100, act, 52.0, memo).up
+    # the deadlines: idle_timeout after rx last grew (monotonic), handshake_timeout (wall)
+    assert _poll(config, peer, NOW + 2, act, 59.9, memo).up
+    assert _poll(config, peer, NOW + 2, act, 60.0, memo)[2:4] == (False, IDLE)
+    fresh = PlanMemo()
+    assert _poll(cfg(), peer, NOW + 174.9, act, 60.0, fresh).up
+    assert _poll(cfg(), peer, NOW + 175.0, act, 60.0, fresh)[2:4] == (False, EXPIRED)
+    assert _poll(cfg(), peer, NOW + 500, act, 60.0, fresh)[2:4] == (False, EXPIRED)
+
+
+def test_kept_verdicts_give_the_same_routes_as_fresh_ones():
+    config = cfg()
+    peers = tuple(Peer(f"{i:043d}=", (f"10.0.{i // 250}.{i % 250}/32",), None, NOW - i, i) for i in range(300))
+    states = [InterfaceState("wg0", "uapi", peers)]
+    memo = PlanMemo()
+    desired_state(config, states, NOW, {}, 0.0, memo)
+    kept = desired_state(config, states, NOW + 100, {}, 0.0, memo)  # peers older than 80 s expire meanwhile
+    fresh = desired_state(config, states, NOW + 100, {}, 0.0)
+    assert kept.routes.keys() == fresh.routes.keys() and len(fresh.routes) == 80
+    assert [(v.up, v.reason) for v in kept.verdicts] == [(v.up, v.reason) for v in fresh.verdicts]

@@ -106,3 +106,16 @@ def test_event_filter_ignores_only_our_own_additions():
     assert not rtnl.relevant(_nlmsg(rtnl.RTM_NEWRULE, b"\0" * 12 + rule_attr))
     other = struct.pack("=HHB3x", 5, rtnl.FRA_PROTOCOL, 3)
     assert rtnl.relevant(_nlmsg(rtnl.RTM_NEWRULE, b"\0" * 12 + other))
+
+
+def test_the_memo_gives_back_the_same_peer_for_an_unchanged_block():
+    memo: dict = {}
+    p1, p2 = wg_uapi.parse(ANSWER, memo)
+    assert len(memo) == 2
+    again = wg_uapi.parse(ANSWER, memo)
+    assert again[0] is p1 and again[1] is p2
+    moved = ANSWER.replace(b"rx_bytes=2224", b"rx_bytes=2225")
+    q1, q2 = wg_uapi.parse(moved, memo)
+    assert q1 is not p1 and q1.rx_bytes == 2225 and q2 is p2
+    assert len(memo) == 2  # only the last poll's blocks
+    assert wg_uapi.parse(moved, memo) == wg_uapi.parse(moved)  # with or without: the same peers

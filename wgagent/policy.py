@@ -135,13 +135,32 @@ def peer_plan(config: Config, iface, peer: Peer) -> PeerPlan:
 
 
 class PlanMemo:
-    """Peer plans of the last poll, for one config. The caller keeps it between
-    polls; desired_state() starts it afresh when the config object changes and keeps
-    only the peers it saw, so it never outgrows the interfaces."""
+    """Peer plans and verdicts of the last poll, for one config. The caller keeps it
+    between polls; desired_state() starts it afresh when the config object changes (or
+    the wall clock steps back) and keeps only the peers it saw, so it never outgrows
+    the interfaces."""
 
     def __init__(self):
         self.config: Config | None = None
         self.plans: dict[tuple[str, str], PeerPlan] = {}
+        # (interface, key) -> (the Peer object, its Activity object, verdict, valid until
+        # wall time, valid until monotonic time)
+        self.verdicts: dict[tuple[str, str], tuple] = {}
+        self.now = 0.0
+
+
+_FOREVER = float("inf")
+_new_verdict = tuple.__new__  # PeerVerdict(...) without a NamedTuple's Python-level __new__
+
+
+def _valid_until(peer: Peer, up: bool, timeout: float, idle: float, activity: Activity | None) -> tuple[float, float]:
+    """Until when (wall, monotonic) a verdict stands if neither the peer nor its rx
+    history changes: an up peer until its handshake expires or it falls idle; a down
+    one for good (only a new handshake or new traffic, i.e. a changed peer, lifts it)."""
+    if not up:
+        return _FOREVER, _FOREVER
+    mono = activity.since + idle if idle > 0 and activity is not None else _FOREVER
+    return peer.last_handshake + timeout, mono
 
 
 def desired_state(config: Config, states: Iterable[InterfaceState], now: float,
@@ -154,8 +173,11 @@ def desired_state(config: Config, states: Iterable[InterfaceState], now: float,
     (at 10,000 peers, each microsecond here is 10 ms of CPU per poll)."""
     result = Desired()
     memo = memo or PlanMemo()
-    old_plans = memo.plans if memo.config is config else {}
+    fresh = memo.config is not config or now < memo.now  # a new config, or the clock stepped back
+    old_plans = {} if fresh else memo.plans
+    old_verdicts = {} if fresh else memo.verdicts
     plans: dict[tuple[str, str], PeerPlan] = {}
+    kept: dict[tuple[str, str], tuple] = {}
     timeout = config.agent.handshake_timeout
     claims: dict[tuple[int, str, int], tuple[Route, PeerVerdict]] = {}
     verdicts = result.verdicts
@@ -169,21 +191,34 @@ def desired_state(config: Config, states: Iterable[InterfaceState], now: float,
         name = state.name
         for peer in state.peers:
             key = (name, peer.public_key)
-            plan = old_plans.get(key)
-            if plan is None or plan.allowed_ips != peer.allowed_ips:
-                plan = peer_plan(config, iface, peer)
-            plans[key] = plan
-            up, reason = presence(peer, now, timeout, plan.idle_timeout, activity.get(key), mono_now)
-            hs = peer.last_handshake
-            age = (now - hs if now > hs else 0.0) if hs > 0 else None
-            verdict = PeerVerdict(name, peer, up, reason, age, plan.description, plan.routes, plan.rules)
+            act = activity.get(key)
+            prev = old_verdicts.get(key)
+            # the same Peer object (wg_uapi's memo: an unchanged block) with the same rx
+            # history, and no deadline passed: the verdict stands (its handshake_age is
+            # then as of when it was made; the daemon's log lines compute their own)
+            if prev is not None and prev[0] is peer and prev[1] is act and now < prev[3] and mono_now < prev[4]:
+                verdict = prev[2]
+                plan = plans[key] = old_plans[key]
+                kept[key] = prev
+                up = verdict.up
+            else:
+                plan = old_plans.get(key)
+                if plan is None or plan.allowed_ips != peer.allowed_ips:
+                    plan = peer_plan(config, iface, peer)
+                plans[key] = plan
+                up, reason = presence(peer, now, timeout, plan.idle_timeout, act, mono_now)
+                hs = peer.last_handshake
+                age = (now - hs if now > hs else 0.0) if hs > 0 else None
+                verdict = _new_verdict(PeerVerdict, (name, peer, up, reason, age, plan.description, plan.routes,
+                                                     plan.rules))
+                kept[key] = (peer, act, verdict, *_valid_until(peer, up, timeout, plan.idle_timeout, act))
             verdicts.append(verdict)
             if up:
                 for slot, route in plan.slots:
                     rival = claims.get(slot)
                     if rival is None or _newer(verdict, rival[1]):
                         claims[slot] = (route, verdict)
-    memo.config, memo.plans = config, plans
+    memo.config, memo.plans, memo.verdicts, memo.now = config, plans, kept, now
     result.routes = dict(claims.values())
     return result
 

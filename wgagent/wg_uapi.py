@@ -42,7 +42,7 @@ def request(path: str, timeout: float = 2.0) -> bytes:
             if not chunk:
                 break
             chunks.append(chunk)
-            tail = (tail + chunk)[-64:]
+            tail = chunk[-64:] if len(chunk) >= 64 else (tail + chunk)[-64:]
             # wireguard-go keeps the connection open: the answer ends at "errno=N\n\n"
             if tail.endswith(b"\n\n") and (b"\nerrno=" in tail or tail.startswith(b"errno=")):
                 break
@@ -64,11 +64,12 @@ def _hex_key(value: str) -> str:
     return key
 
 
-# A peer block as wireguard-go writes it, matched whole in C: at 10,000 peers a poll
-# is 100,000 lines, and a Python loop over them was the largest cost of a cycle.
-# Any answer of another shape (boringtun's order, future keys) goes line by line.
+# A peer block as wireguard-go writes it (after its "public_key="), matched whole in C:
+# at 10,000 peers a poll is 100,000 lines, and a Python loop over them was the largest
+# cost of a cycle. Any answer of another shape (boringtun's order, future keys) goes
+# line by line.
 _PEER_BLOCK = re.compile(
-    r"public_key=([0-9a-f]{64})\n"
+    r"([0-9a-f]{64})\n"
     r"(?:preshared_key=[0-9a-f]{64}\n)?"
     r"(?:protocol_version=\d+\n)?"
     r"(?:endpoint=([^\n]*)\n)?"
@@ -79,10 +80,17 @@ _PEER_BLOCK = re.compile(
     r"persistent_keepalive_interval=(\d+)\n"
     r"((?:allowed_ip=[^\n]*\n)*)")
 _allowed: dict[str, tuple[str, ...]] = {}  # the allowed_ip lines of a block -> prefixes
+_new_peer = tuple.__new__  # Peer(...) without the Python-level __new__ of a NamedTuple
 
 
-def parse(answer: bytes) -> tuple[Peer, ...]:
-    """Peers from a UAPI get answer. Raises UapiError on errno != 0 or bad lines."""
+def parse(answer: bytes, memo: dict | None = None) -> tuple[Peer, ...]:
+    """Peers from a UAPI get answer. Raises UapiError on errno != 0 or bad lines.
+
+    memo (one dict per interface, kept by the caller between polls) maps each peer
+    block's text to the Peer made of it: most peers' blocks are the same as at the
+    last poll (a handshake every two minutes, counters that move only with traffic),
+    and an unchanged block then costs one dict lookup. The same Peer object comes
+    back, which lets the decision core skip it too (policy.desired_state)."""
     text = answer.decode("utf-8", "replace")
     body, sep, tail = text.rpartition("errno=")
     if not sep or (body and not body.endswith("\n")):
@@ -95,23 +103,38 @@ def parse(answer: bytes) -> tuple[Peer, ...]:
         raise UapiError(f"UAPI returned errno={errno} ({os.strerror(errno)})")
     if body.count("=") != body.count("\n"):
         return _parse_lines(body)  # a line that is not one key=value: let it name the line
-    header, sep, _ = ("\n" + body).partition("\npublic_key=")
-    blocks = _PEER_BLOCK.findall(body, len(header))
-    if len(blocks) != body.count("public_key="):
-        return _parse_lines(body)
+    blocks = ("\n" + body).split("\npublic_key=")
+    seen = memo if memo is not None else {}
+    fresh: dict[str, Peer] = {}
     peers = []
-    for key, endpoint, sec, nsec, tx, rx, keepalive, ips in blocks:
-        prefixes = _allowed.get(ips)
-        if prefixes is None:
-            try:
-                prefixes = tuple(normalize_prefix(ip) for ip in ips[11:-1].split("\nallowed_ip=")) if ips else ()
-            except ValueError:
-                return _parse_lines(body)  # for the error message naming the line
-            if len(_allowed) >= 1 << 16:
-                _allowed.clear()
-            _allowed[ips] = prefixes
-        peers.append(Peer(_keys.get(key) or _hex_key(key), prefixes, endpoint or None, int(sec) + int(nsec) / 1e9,
-                          int(rx), int(tx), int(keepalive)))
+    match = _PEER_BLOCK.fullmatch
+    last = len(blocks) - 1
+    for i in range(1, last + 1):
+        # the split took the newline that ended each block's last line (the last block's
+        # is still there: errno= follows it)
+        block = blocks[i] if i == last else blocks[i] + "\n"
+        peer = seen.get(block)
+        if peer is None:
+            m = match(block)
+            if m is None:
+                return _parse_lines(body)
+            key, endpoint, sec, nsec, tx, rx, keepalive, ips = m.groups()
+            prefixes = _allowed.get(ips)
+            if prefixes is None:
+                try:
+                    prefixes = tuple(normalize_prefix(ip) for ip in ips[11:-1].split("\nallowed_ip=")) if ips else ()
+                except ValueError:
+                    return _parse_lines(body)  # for the error message naming the line
+                if len(_allowed) >= 1 << 16:
+                    _allowed.clear()
+                _allowed[ips] = prefixes
+            peer = _new_peer(Peer, (_keys.get(key) or _hex_key(key), prefixes, endpoint or None,
+                                    int(sec) + int(nsec) / 1e9, int(rx), int(tx), int(keepalive)))
+        fresh[block] = peer
+        peers.append(peer)
+    if memo is not None:
+        memo.clear()  # only this poll's blocks: the memo never outgrows the interface
+        memo.update(fresh)
     return tuple(peers)
 
 
@@ -154,5 +177,5 @@ _NUMBERS = {"last_handshake_time_sec": "sec", "last_handshake_time_nsec": "nsec"
             "tx_bytes": "tx", "persistent_keepalive_interval": "keepalive"}
 
 
-def read_peers(ifname: str, directory: str = SOCKET_DIR) -> tuple[Peer, ...]:
-    return parse(request(socket_path(ifname, directory)))
+def read_peers(ifname: str, directory: str = SOCKET_DIR, memo: dict | None = None) -> tuple[Peer, ...]:
+    return parse(request(socket_path(ifname, directory)), memo)

@@ -16,6 +16,7 @@ class PeerSources:
     def __init__(self, uapi_dir: str = wg_uapi.SOCKET_DIR):
         self.uapi_dir = uapi_dir
         self.kernel = KernelWireGuard()
+        self.uapi_memo: dict[str, dict] = {}  # per interface: see wg_uapi.parse
 
     def backend(self, name: str, link: Link | None) -> str:
         if link is None:
@@ -37,7 +38,7 @@ class PeerSources:
                                                 f"no UAPI socket)")
         try:
             if backend == "uapi":
-                peers = wg_uapi.read_peers(name, self.uapi_dir)
+                peers = wg_uapi.read_peers(name, self.uapi_dir, self.uapi_memo.setdefault(name, {}))
             else:
                 peers = self.kernel.read_peers(name)
         except OSError as e:
