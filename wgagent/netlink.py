@@ -2,9 +2,9 @@
 
 The wire format is small and stable (linux/netlink.h): a 16-byte header per message,
 then a fixed struct and type-length-value attributes padded to 4 bytes. Speaking it
-directly rather than through pyroute2 costs a few hundred lines for everything the
-daemon needs (links, addresses, routes, rules), and keeps ~11 MB of pyroute2 modules
-out of a process that runs on routers with 64-128 MB (see README "Dependencies").
+directly rather than through pyroute2 takes a few hundred lines for everything the
+daemon needs (links, addresses, routes, rules) and keeps pyroute2's ~10-12 MB of
+RSS out of a process that runs on routers (see README "Dependencies").
 """
 
 from __future__ import annotations
