@@ -29,10 +29,11 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: setup.py
 	$(call MKVENV,$(VENV))
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e . pytest
+	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-# OpenWrt 24.10 ships python3-pyroute2 0.7.9: the suite runs on it too
+# OpenWrt 24.10 ships python3-pyroute2 0.7.9: the suite (whose cross-checks use pyroute2's
+# decoders; the daemon does not import it) runs on it too
 VENV079   ?= .venv-pyroute2-079
 $(VENV079)/.installed: setup.py
 	$(call MKVENV,$(VENV079))
@@ -41,7 +42,7 @@ $(VENV079)/.installed: setup.py
 	$(VENV079)/bin/python -m pip install -q --no-deps -e .
 	touch $@
 
-# the whole suite: pyroute2 0.9 (the venv), pyroute2 0.7.9, and kernel WireGuard in a VM
+# the whole suite: with pyroute2 0.9 (the venv), with pyroute2 0.7.9, and kernel WireGuard in a VM
 test: deps $(VENV079)/.installed
 	$(PYTEST) -v -rs tests
 	$(VENV079)/bin/python -m pytest -q -rs -p no:cacheprovider tests

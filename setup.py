@@ -7,6 +7,8 @@ setup(
     packages=find_packages(include=["wgagent", "wgagent.*"]),
     python_requires=">=3.9",
     license="MIT",
-    install_requires=["pyroute2>=0.7.9", "structlog>=21.5", "pyyaml>=5.1"],
+    install_requires=["structlog>=21.5", "pyyaml>=5.1"],
+    # pyroute2 only for the tests: its decoders cross-check ours (tests/test_genl_parse.py, test_rtnl_wire.py)
+    extras_require={"test": ["pytest", "pyroute2>=0.7.9"]},
     entry_points={"console_scripts": ["wgagent = wgagent.cli:main"]},
 )

@@ -17,7 +17,7 @@ from wgagent import uci
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INIT = os.path.join(ROOT, "init.d", "wgagent")
-DEPENDS = ["python3-light", "python3-pyroute2", "python3-yaml", "python3-ubus", "python3-structlog"]
+DEPENDS = ["python3-light", "python3-yaml", "python3-ubus", "python3-structlog"]
 
 
 @pytest.fixture(scope="module")

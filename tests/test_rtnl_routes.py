@@ -9,18 +9,19 @@ import textwrap
 
 import pytest
 
+from wgagent import netlink as nl
 from wgagent import rtnl_routes as rr
 from wgagent.model import RTPROT_WGAGENT, Route
 
 
 def test_encode_add_request_layout():
     msg = rr.encode(rr.RTM_NEWROUTE, Route(1000, "10.0.31.5", 32, "wg0", 7, "10.0.31.1"), 9, seq=42)
-    length, mtype, flags, seq, _ = rr.NLMSG.unpack_from(msg)
+    length, mtype, flags, seq, _ = nl.NLMSG.unpack_from(msg)
     assert (length, mtype, seq) == (len(msg), rr.RTM_NEWROUTE, 42)
-    assert flags == rr.NLM_F_REQUEST | rr.NLM_F_ACK | rr.NLM_F_CREATE | rr.NLM_F_EXCL  # never replace
+    assert flags == nl.NLM_F_REQUEST | nl.NLM_F_ACK | nl.NLM_F_CREATE | nl.NLM_F_EXCL  # never replace
     family, dst_len, _, _, table, proto, scope, rtype, _ = rr.RTMSG.unpack_from(msg, 16)
     assert (family, dst_len, table, proto, scope, rtype) == (socket.AF_INET, 32, 0, RTPROT_WGAGENT, 0, 1)
-    attrs = rr._attrs(msg, 16 + rr.RTMSG.size, len(msg))
+    attrs = nl.attrs(msg, 16 + rr.RTMSG.size, len(msg))
     assert attrs[rr.RTA_DST] == socket.inet_aton("10.0.31.5")
     assert attrs[rr.RTA_GATEWAY] == socket.inet_aton("10.0.31.1")
     assert struct.unpack("=I", attrs[rr.RTA_OIF])[0] == 9
@@ -30,11 +31,11 @@ def test_encode_add_request_layout():
 
 def test_encode_delete_of_a_v6_device_route():
     msg = rr.encode(rr.RTM_DELROUTE, Route(254, "fd31::5", 128, "wg0", 1024), 0, seq=1)
-    _, mtype, flags, _, _ = rr.NLMSG.unpack_from(msg)
-    assert mtype == rr.RTM_DELROUTE and flags == rr.NLM_F_REQUEST | rr.NLM_F_ACK
+    _, mtype, flags, _, _ = nl.NLMSG.unpack_from(msg)
+    assert mtype == rr.RTM_DELROUTE and flags == nl.NLM_F_REQUEST | nl.NLM_F_ACK
     family, dst_len, _, _, table, _, scope, _, _ = rr.RTMSG.unpack_from(msg, 16)
     assert (family, dst_len, table, scope) == (socket.AF_INET6, 128, 254, rr.RT_SCOPE_NOWHERE)
-    attrs = rr._attrs(msg, 16 + rr.RTMSG.size, len(msg))
+    attrs = nl.attrs(msg, 16 + rr.RTMSG.size, len(msg))
     assert rr.RTA_OIF not in attrs and rr.RTA_GATEWAY not in attrs  # device gone: match without it
 
 

@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from wgagent import rtnl, wg_uapi
+from wgagent import rtnl, rtnl_rules, wg_uapi
 from wgagent.model import RTPROT_WGAGENT
 
 HEX1 = "58402e695ba1772b1cc9309755f043251ea77fdcf10fbe63989ceae59e2b1c47"
@@ -102,9 +102,9 @@ def test_event_filter_ignores_only_our_own_additions():
     assert rtnl.relevant(_nlmsg(rtnl.RTM_NEWLINK, b"\0" * 16))
     ours = _nlmsg(rtnl.RTM_NEWROUTE, _rtmsg(RTPROT_WGAGENT))
     assert rtnl.relevant(ours + _nlmsg(rtnl.RTM_DELADDR, b"\0" * 8))
-    rule_attr = struct.pack("=HHB3x", 5, rtnl.FRA_PROTOCOL, RTPROT_WGAGENT)
+    rule_attr = struct.pack("=HHB3x", 5, rtnl_rules.FRA_PROTOCOL, RTPROT_WGAGENT)
     assert not rtnl.relevant(_nlmsg(rtnl.RTM_NEWRULE, b"\0" * 12 + rule_attr))
-    other = struct.pack("=HHB3x", 5, rtnl.FRA_PROTOCOL, 3)
+    other = struct.pack("=HHB3x", 5, rtnl_rules.FRA_PROTOCOL, 3)
     assert rtnl.relevant(_nlmsg(rtnl.RTM_NEWRULE, b"\0" * 12 + other))
 
 
