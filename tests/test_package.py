@@ -430,3 +430,28 @@ def test_make_install_into_a_destdir(tmp_path):
     assert cfg.interface("wg0") is not None
     out = subprocess.run([str(dest / "opt/wgagent/bin/wgagent"), "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "status" in out.stdout
+
+
+def _install_section() -> str:
+    text = open(os.path.join(ROOT, "README.md")).read()
+    return text.split("## Install", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_install_lines_name_what_make_ipk_builds(ipks):
+    line = next(ln for ln in _install_section().splitlines() if ln.strip().startswith("opkg install"))
+    assert sorted(line.split()[2:]) == sorted("./" + os.path.basename(p) for p in ipks.values())
+
+
+def test_readme_install_commands_are_valid_shell():
+    # the indented blocks are commands to paste: each must parse (no stray quotes)
+    blocks, block = [], []
+    for ln in _install_section().splitlines() + [""]:
+        if ln.startswith("    "):
+            block.append(ln[4:])
+        elif block and ln.strip() == "":
+            blocks.append("\n".join(block))
+            block = []
+    assert any("uci set wgagent.phone.public_key" in b for b in blocks)
+    for b in blocks:
+        r = subprocess.run([_busybox(), "sh", "-n", "-c", b.replace("<sdk>", "sdk")], capture_output=True, text=True)
+        assert r.returncode == 0, f"{b}\n{r.stderr}"
