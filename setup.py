@@ -1,8 +1,16 @@
+import os
+import re
+
 from setuptools import find_packages, setup
+
+# the one place the version lives is wgagent/__init__.py (read, not imported: the
+# package's dependencies may not be installed yet)
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "wgagent", "__init__.py")) as f:
+    VERSION = re.search(r'^__version__ = "([^"]+)"$', f.read(), re.M).group(1)
 
 setup(
     name="wgagent",
-    version="0.1.0",
+    version=VERSION,
     description="Routes, policy rules and firewall that follow connected WireGuard peers",
     packages=find_packages(include=["wgagent", "wgagent.*"]),
     python_requires=">=3.9",

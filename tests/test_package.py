@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,12 +21,39 @@ INIT = os.path.join(ROOT, "init.d", "wgagent")
 DEPENDS = ["python3-light", "python3-yaml", "python3-ubus", "python3-structlog"]
 
 
+FEED = os.path.join(ROOT, "openwrt-package")
+SITE = "./usr/lib/python3.11/site-packages/"
+# package-pack.mk's control fields, in its order (the optional ones this feed uses)
+CONTROL_ORDER = ["Package", "Version", "Depends", "Source", "SourceName", "License", "LicenseFiles",
+                 "Section", "SourceDateEpoch", "URL", "Maintainer", "Architecture", "Installed-Size",
+                 "Description"]
+
+
+def feed(folder: str) -> dict:
+    """What a feed Makefile declares, read here independently of build_ipk.py."""
+    text = open(os.path.join(FEED, folder, "Makefile")).read()
+    name = re.search(r"^\$\(eval \$\(call Py3Package,(\S+)\)\)$", text, re.M).group(1)
+    block = re.search(rf"^define Package/{re.escape(name)}\n(.*?)^endef", text, re.M | re.S).group(1)
+    desc = re.search(rf"^define Package/{re.escape(name)}/description\n(.*?)^endef", text, re.M | re.S).group(1)
+    conf = re.search(rf"^define Package/{re.escape(name)}/conffiles\n(.*?)^endef", text, re.M | re.S)
+    top = dict(re.findall(r"^([A-Z0-9_]+):=(.*)$", text, re.M))
+    pkg = dict(re.findall(r"^\s+([A-Z_]+):=(.*)$", block, re.M))
+    return {"name": name, "top": top, "pkg": pkg, "conffiles": conf.group(1).split() if conf else [],
+            "description": [line.strip() for line in desc.strip("\n").splitlines()],
+            "version": f"{top['PKG_VERSION']}-r{top['PKG_RELEASE']}"}
+
+
+WGAGENT, STRUCTLOG = feed("wgagent"), feed("python-structlog")
+
+
 @pytest.fixture(scope="module")
-def ipk(tmp_path_factory):
+def ipks(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
-    path = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "build_ipk.py"), str(out)],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    return path
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "build_ipk.py"), str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    paths = r.stdout.split()
+    return {os.path.basename(p).split("_")[0]: p for p in paths}
 
 
 def _members(blob: bytes) -> dict[str, tuple[tarfile.TarInfo, bytes | None]]:
@@ -36,35 +64,68 @@ def _members(blob: bytes) -> dict[str, tuple[tarfile.TarInfo, bytes | None]]:
     return out
 
 
-@pytest.fixture(scope="module")
-def parts(ipk):
-    with open(ipk, "rb") as f:
+def _parts(path: str):
+    with open(path, "rb") as f:
         outer = _members(f.read())
     return outer, _members(outer["./control.tar.gz"][1]), _members(outer["./data.tar.gz"][1])
 
 
-def test_outer_archive_is_what_opkg_reads(ipk, parts):
-    assert os.path.basename(ipk) == "wgagent_0.1.0-r1_all.ipk"
-    outer, _, _ = parts
-    assert list(outer) == ["./debian-binary", "./data.tar.gz", "./control.tar.gz"]
-    assert outer["./debian-binary"][1] == b"2.0\n"
-    # the same check with the standard tool
-    listing = subprocess.run(["tar", "tzf", ipk], capture_output=True, text=True, check=True).stdout.split()
-    assert listing == ["./debian-binary", "./data.tar.gz", "./control.tar.gz"]
+@pytest.fixture(scope="module")
+def parts(ipks):
+    return _parts(ipks["wgagent"])
 
 
-def test_control_fields_depends_conffiles_scripts(parts):
-    _, control, _ = parts
-    fields = {}
-    for line in control["./control"][1].decode().splitlines():
-        if not line.startswith(" "):
+def _control(path: str) -> list[tuple[str, str]]:
+    """The control file's fields in order, read with tar (continuation lines joined)."""
+    text = subprocess.run(f"tar xzOf {path} ./control.tar.gz | tar xzOf - ./control", shell=True,
+                          capture_output=True, text=True, check=True).stdout
+    fields: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        if line.startswith(" "):
+            fields[-1] = (fields[-1][0], fields[-1][1] + "\n" + line)
+        else:
             key, _, value = line.partition(": ")
-            fields[key] = value
-    assert fields["Package"] == "wgagent" and fields["Version"] == "0.1.0-r1"
-    assert fields["Architecture"] == "all" and fields["Section"] == "net"
-    assert [d.strip() for d in fields["Depends"].split(",")] == ["libc"] + DEPENDS
-    assert int(fields["Installed-Size"]) > 0
-    assert control["./conffiles"][1] == b"/etc/config/wgagent\n"
+            fields.append((key, value))
+    return fields
+
+
+def test_make_ipk_builds_wgagent_and_structlog(ipks):
+    import wgagent
+    assert os.path.basename(ipks["wgagent"]) == f"wgagent_{wgagent.__version__}-r{WGAGENT['top']['PKG_RELEASE']}_all.ipk"
+    assert os.path.basename(ipks["python3-structlog"]) == f"python3-structlog_{STRUCTLOG['version']}_all.ipk"
+    for path in ipks.values():
+        outer, _, _ = _parts(path)
+        assert outer["./debian-binary"][1] == b"2.0\n"
+        # the same check with the standard tool
+        listing = subprocess.run(["tar", "tzf", path], capture_output=True, text=True, check=True).stdout.split()
+        assert listing == ["./debian-binary", "./data.tar.gz", "./control.tar.gz"]
+
+
+@pytest.mark.parametrize("mk", [WGAGENT, STRUCTLOG], ids=["wgagent", "python3-structlog"])
+def test_control_is_what_the_feed_makefile_declares(ipks, mk):
+    path = ipks[mk["name"]]
+    fields = _control(path)
+    assert [k for k, _ in fields] == CONTROL_ORDER
+    f = dict(fields)
+    top, pkg = mk["top"], mk["pkg"]
+    assert f["Package"] == mk["name"] and f["Version"] == mk["version"]
+    assert f["Depends"].split(", ") == ["libc"] + [d.lstrip("+") for d in pkg["DEPENDS"].split()]
+    assert f["SourceName"] == top["PKG_NAME"] and f["Source"].endswith("/" + top["PKG_NAME"])
+    assert f["License"] == top["PKG_LICENSE"] and f["LicenseFiles"] == top["PKG_LICENSE_FILES"]
+    assert f["Maintainer"] == top["PKG_MAINTAINER"]
+    assert f["Section"] == pkg["SECTION"] and f["URL"] == pkg["URL"] and f["Architecture"] == pkg["PKGARCH"] == "all"
+    # package-pack.mk: each description line with one leading space, after "Description: "
+    assert f["Description"] == " " + "\n ".join(mk["description"])
+    assert int(f["SourceDateEpoch"]) > 0
+    # ipkg-build: the length of the uncompressed data tar
+    size = subprocess.run(f"tar xzOf {path} ./data.tar.gz | zcat | wc -c", shell=True,
+                          capture_output=True, text=True, check=True).stdout
+    assert int(f["Installed-Size"]) == int(size)
+    _, control, _ = _parts(path)
+    if mk["conffiles"]:
+        assert control["./conffiles"][1].decode().split() == sorted(mk["conffiles"])
+    else:
+        assert "./conffiles" not in control
     postinst, prerm = control["./postinst"], control["./prerm"]
     assert postinst[0].mode == 0o755 and prerm[0].mode == 0o755
     # what OpenWrt's SDK generates: enable + start on install (not in an image build), stop on removal
@@ -73,37 +134,125 @@ def test_control_fields_depends_conffiles_scripts(parts):
 
 
 def test_data_paths_and_modes(parts):
+    import wgagent
     _, _, data = parts
     modes = {name: info.mode for name, (info, _) in data.items() if info.isfile()}
     assert modes["./usr/bin/wgagent"] == 0o755
     assert modes["./etc/init.d/wgagent"] == 0o755
     assert modes["./etc/config/wgagent"] == 0o600
     assert modes["./etc/iproute2/rt_protos.d/wgagent.conf"] == 0o644
-    site = "./usr/lib/python3.11/site-packages/wgagent/"
-    assert site + "cli.pyc" in modes and site + "daemon.pyc" in modes
+    assert SITE + "wgagent/cli.pyc" in modes and SITE + "wgagent/daemon.pyc" in modes
     assert not any(n.endswith(".py") for n in modes)  # byte code only, as Py3Package ships it
     assert all(info.uid == 0 and info.gid == 0 for info, _ in data.values())
     assert data["./etc/init.d/wgagent"][1] == open(INIT, "rb").read()
     assert data["./usr/bin/wgagent"][1].startswith(b"#!/usr/bin/python3\n")
     assert b"152\twgagent" in data["./etc/iproute2/rt_protos.d/wgagent.conf"][1]
+    # the wheel's dist-info, as python-installer leaves it in the SDK build
+    info = f"{SITE}wgagent-{wgagent.__version__}.dist-info/"
+    assert f"Version: {wgagent.__version__}" in data[info + "METADATA"][1].decode()
+    assert "wgagent = wgagent.cli:main" in data[info + "entry_points.txt"][1].decode()
+    record = data[info + "RECORD"][1].decode()
+    assert "wgagent/cli.py," in record and "../../../bin/wgagent," in record
 
 
-def test_installed_into_a_root_it_runs_help_and_check(ipk, tmp_path):
-    root = tmp_path / "root"
-    root.mkdir()
-    subprocess.run(f"tar xzf {ipk} -O ./data.tar.gz | tar xzf - -C {root}", shell=True, check=True)
-    env = dict(os.environ, PYTHONPATH=str(root / "usr/lib/python3.11/site-packages"))
+def test_structlog_package_paths(ipks):
+    _, _, data = _parts(ipks["python3-structlog"])
+    names = {n for n, (i, _) in data.items() if i.isfile()}
+    assert SITE + "structlog/__init__.pyc" in names and SITE + "structlog/stdlib.pyc" in names
+    assert not any(n.endswith(".py") for n in names)
+    assert f"{SITE}structlog-{STRUCTLOG['top']['PKG_VERSION']}.dist-info/METADATA" in names
+    assert all(n.startswith(SITE) for n in names)
+
+
+@pytest.fixture(scope="module")
+def installed(ipks, tmp_path_factory):
+    root = tmp_path_factory.mktemp("root")
+    for path in ipks.values():
+        subprocess.run(f"tar xzf {path} -O ./data.tar.gz | tar xzf - -C {root}", shell=True, check=True)
+    return root
+
+
+def test_structlog_imports_from_its_package_alone(ipks, installed, tmp_path):
+    # -S: no site-packages, only the standard library and the package's data
+    env = dict(os.environ, PYTHONPATH=str(installed / SITE))
+    r = subprocess.run([sys.executable, "-S", "-c", "import sys, structlog; print(structlog.__file__); "
+                        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"],
+                       capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    where, modules = r.stdout.splitlines()
+    assert where.startswith(str(installed))
+    # standard modules that OpenWrt ships apart from python3-light must be in Depends
+    # (lzma, bz2 and ssl are imported inside try by shutil and asyncio)
+    split = {"asyncio": "python3-asyncio", "uuid": "python3-uuid", "logging": "python3-logging",
+             "ctypes": "python3-ctypes", "email": "python3-email", "urllib": "python3-urllib",
+             "xml": "python3-xml", "sqlite3": "python3-sqlite3", "decimal": "python3-decimal",
+             "multiprocessing": "python3-multiprocessing", "unittest": "python3-unittest",
+             "dbm": "python3-dbm", "pydoc": "python3-pydoc", "readline": "python3-readline"}
+    depends = dict(_control(ipks["python3-structlog"]))["Depends"].split(", ")
+    missing = {split[m] for m in modules.split() if m in split} - set(depends)
+    assert not missing, f"import structlog needs {missing}"
+
+
+def test_installed_into_a_root_it_runs_help_and_check(installed, tmp_path):
+    root = installed
+    env = dict(os.environ, PYTHONPATH=str(root / SITE))
     entry = [sys.executable, str(root / "usr/bin/wgagent")]
     help_ = subprocess.run(entry + ["--help"], capture_output=True, text=True, env=env)
     assert help_.returncode == 0 and "run" in help_.stdout and "status" in help_.stdout
-    # the modules come from the package, not from the source tree
-    where = subprocess.run([sys.executable, "-c", "import wgagent.cli; print(wgagent.cli.__file__)"],
+    # the modules come from the packages, not from the source tree or the venv
+    where = subprocess.run([sys.executable, "-c", "import wgagent.cli, structlog; "
+                            "print(wgagent.cli.__file__); print(structlog.__file__)"],
                            capture_output=True, text=True, env=env, cwd=str(tmp_path), check=True).stdout
-    assert where.strip().startswith(str(root))
+    assert all(w.startswith(str(root)) for w in where.split())
     check = subprocess.run(entry + ["check", "--config", str(root / "etc/config/wgagent")],
                            capture_output=True, text=True, env=env)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "OK" in check.stdout
+
+
+def test_one_version_and_a_numeric_release():
+    import wgagent
+    assert WGAGENT["top"]["PKG_VERSION"] == wgagent.__version__
+    out = subprocess.run([sys.executable, "setup.py", "--version"], cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.split()[-1] == wgagent.__version__, out.stderr
+    for mk in (WGAGENT, STRUCTLOG):  # apk takes -r<digits> only
+        assert mk["top"]["PKG_RELEASE"].isdigit()
+
+
+def _make_var(folder: str, line: str, var: str) -> str:
+    mk = os.path.join(folder, "probe.mk")
+    with open(mk, "w") as f:
+        f.write(line + f"\nall:\n\t@echo $({var})\n")
+    try:
+        return subprocess.run(["make", "-s", "-C", folder, "-f", "probe.mk"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    finally:
+        os.remove(mk)
+
+
+def test_feed_folder_builds_from_the_checkout_or_from_src(tmp_path):
+    if shutil.which("make") is None:
+        pytest.skip("needs GNU make")
+    text = open(os.path.join(FEED, "wgagent", "Makefile")).read()
+    line = re.search(r"^WGAGENT_SRC:=.*$", text, re.M).group(0)
+    # a checkout, and a feed that reaches it through symlinks as scripts/feeds makes them
+    checkout = tmp_path / "checkout"
+    pkg = checkout / "openwrt-package" / "wgagent"
+    pkg.mkdir(parents=True)
+    (tmp_path / "sdk/package/feeds/wga").mkdir(parents=True)
+    os.symlink(checkout / "openwrt-package", tmp_path / "sdk/package/feeds/wga/all")
+    assert _make_var(str(pkg), line, "WGAGENT_SRC") == str(checkout)
+    assert _make_var(str(tmp_path / "sdk/package/feeds/wga/all/wgagent"), line, "WGAGENT_SRC") == str(checkout)
+    (pkg / "src").mkdir()
+    (pkg / "src" / "setup.py").write_text("")
+    assert _make_var(str(pkg), line, "WGAGENT_SRC") == str(pkg / "src")
+    # what Build/Prepare and the install take from there is in the checkout, and
+    # `make feed-src` copies the same
+    prepare = re.search(r"addprefix \$\(WGAGENT_SRC\)/,([^)]*)\)", text).group(1).split()
+    used = prepare + re.findall(r"\$\(WGAGENT_SRC\)/(\w[\w./-]*)", text)
+    assert all(os.path.exists(os.path.join(ROOT, p)) for p in used), used
+    feed_src = open(os.path.join(ROOT, "Makefile")).read().split("feed-src:")[1].split("\n\n")[0]
+    assert all(p.split("/")[0] in feed_src for p in used)
 
 
 def test_default_config_parses_and_is_the_documented_default():
@@ -126,7 +275,8 @@ procd_add_reload_trigger() { echo "reload_trigger $*" >> "$LOG"; }
 procd_add_interface_trigger() { echo "interface_trigger $*" >> "$LOG"; }
 procd_send_signal() { echo "send_signal $*" >> "$LOG"; }
 procd_running() { echo "running? $*" >> "$LOG"; [ "$WGA_RUNNING" = 1 ]; }
-start() { echo "start" >> "$LOG"; }
+# rc.common's start: start_service, then procd_close_service calls service_triggers
+start() { echo "start" >> "$LOG"; start_service; service_triggers; }
 config_load() { echo "config_load $1" >> "$LOG"; }
 config_get() { eval "$1=\${CONFIG_$2_$3:-$4}"; }
 config_get_bool() {
@@ -215,12 +365,37 @@ def test_disabled_starts_nothing(tmp_path):
     calls = run_init(tmp_path, S1.replace("option enabled '1'", "option enabled '0'"), "start_service")
     assert calls == ["config_load wgagent"]
     assert "open_instance main" in run_init(tmp_path, "config interface 'wg0'\n", "start_service")  # default on
+    # the daemon takes its one agent section by any name, or none: so does the init script
+    for head in ("config agent 'globals'", "config agent"):
+        text = S1.replace("config agent 'main'", head)
+        assert "open_instance main" in run_init(tmp_path, text, "start_service")
+        assert run_init(tmp_path, text.replace("option enabled '1'", "option enabled 'no'"),
+                        "start_service") == ["config_load wgagent"]
 
 
-def test_reload_is_a_sighup_not_a_restart(tmp_path):
-    assert run_init(tmp_path, S1, "reload_service", running=True) == [
-        "running? wgagent main", "send_signal wgagent main HUP"]
-    assert run_init(tmp_path, S1, "reload_service", running=False) == ["running? wgagent main", "start"]
+S1_PLUS = S1 + "config interface 'wg_new'\n"
+
+
+def test_reload_reregisters_triggers_then_sighups_without_a_restart(tmp_path):
+    # an interface section committed since the start gets its trigger on reload
+    calls = run_init(tmp_path, S1_PLUS, "reload_service", running=True)
+    assert calls[:2] == ["running? wgagent main", "start"]
+    assert "interface_trigger interface.* wg_new /etc/init.d/wgagent reload" in calls
+    # the instance is handed to procd unchanged (procd then keeps it running) ...
+    assert calls[calls.index("start") + 1:].count("open_instance main") == 1
+    assert calls[2:9] == run_init(tmp_path, S1_PLUS, "start_service")
+    # ... and the daemon rereads its config on SIGHUP
+    assert calls[-1] == "send_signal wgagent main HUP"
+
+
+def test_reload_of_a_stopped_or_disabled_daemon_sends_no_signal(tmp_path):
+    calls = run_init(tmp_path, S1, "reload_service", running=False)
+    assert calls[:2] == ["running? wgagent main", "start"] and "open_instance main" in calls
+    assert not any(c.startswith("send_signal") for c in calls)  # just started: it has read the config
+    calls = run_init(tmp_path, S1.replace("option enabled '1'", "option enabled '0'"), "reload_service",
+                     running=True)
+    assert "open_instance main" not in calls  # procd stops the instance it no longer gets
+    assert not any(c.startswith("send_signal") for c in calls)
 
 
 def test_init_script_syntax_and_shellcheck():
@@ -255,3 +430,28 @@ def test_make_install_into_a_destdir(tmp_path):
     assert cfg.interface("wg0") is not None
     out = subprocess.run([str(dest / "opt/wgagent/bin/wgagent"), "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "status" in out.stdout
+
+
+def _install_section() -> str:
+    text = open(os.path.join(ROOT, "README.md")).read()
+    return text.split("## Install", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_install_lines_name_what_make_ipk_builds(ipks):
+    line = next(ln for ln in _install_section().splitlines() if ln.strip().startswith("opkg install"))
+    assert sorted(line.split()[2:]) == sorted("./" + os.path.basename(p) for p in ipks.values())
+
+
+def test_readme_install_commands_are_valid_shell():
+    # the indented blocks are commands to paste: each must parse (no stray quotes)
+    blocks, block = [], []
+    for ln in _install_section().splitlines() + [""]:
+        if ln.startswith("    "):
+            block.append(ln[4:])
+        elif block and ln.strip() == "":
+            blocks.append("\n".join(block))
+            block = []
+    assert any("uci set wgagent.phone.public_key" in b for b in blocks)
+    for b in blocks:
+        r = subprocess.run([_busybox(), "sh", "-n", "-c", b.replace("<sdk>", "sdk")], capture_output=True, text=True)
+        assert r.returncode == 0, f"{b}\n{r.stderr}"
