@@ -85,8 +85,11 @@ feed-src:
 PREFIX    ?= /usr/local
 APPDIR    ?= /opt/wgagent
 install:
-	python3 -m venv $(DESTDIR)$(APPDIR)
+	$(call MKVENV,$(DESTDIR)$(APPDIR))
 	$(DESTDIR)$(APPDIR)/bin/pip install -q .
+	@# staged into DESTDIR (a package build): the venv's scripts must name where it will live
+	[ -z "$(DESTDIR)" ] || grep -rlI --null '$(DESTDIR)$(APPDIR)' $(DESTDIR)$(APPDIR)/bin | \
+		xargs -0 -r sed -i 's#$(DESTDIR)$(APPDIR)#$(APPDIR)#g'
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/systemd/system $(DESTDIR)/etc/wgagent
 	ln -sf $(APPDIR)/bin/wgagent $(DESTDIR)$(PREFIX)/bin/wgagent
 	sed 's#/usr/local/bin/wgagent#$(PREFIX)/bin/wgagent#' systemd/wgagent.service \

@@ -428,7 +428,13 @@ def test_make_install_into_a_destdir(tmp_path):
     assert os.readlink(dest / "usr/local/bin/wgagent") == "/opt/wgagent/bin/wgagent"
     cfg = config_mod.load(str(dest / "etc/wgagent/config.yaml"))
     assert cfg.interface("wg0") is not None
-    out = subprocess.run([str(dest / "opt/wgagent/bin/wgagent"), "--help"], capture_output=True, text=True)
+    script = dest / "opt/wgagent/bin/wgagent"
+    # staged: the script names the venv where it will live, not the staging directory
+    assert script.read_text().splitlines()[0] .startswith("#!/opt/wgagent/bin/python")
+    assert not [p for p in (dest / "opt/wgagent/bin").iterdir()
+                if p.is_file() and not p.is_symlink() and str(dest).encode() in p.read_bytes()]
+    out = subprocess.run([str(dest / "opt/wgagent/bin/python"), str(script), "--help"], capture_output=True,
+                         text=True)
     assert out.returncode == 0 and "status" in out.stdout
 
 
