@@ -258,3 +258,14 @@ def test_kept_verdicts_give_the_same_routes_as_fresh_ones():
     fresh = desired_state(config, states, NOW + 100, {}, 0.0)
     assert kept.routes.keys() == fresh.routes.keys() and len(fresh.routes) == 80
     assert [(v.up, v.reason) for v in kept.verdicts] == [(v.up, v.reason) for v in fresh.verdicts]
+
+
+def test_parse_prefix_agrees_with_the_kernels_spelling_and_rejects_junk():
+    from wgagent.model import parse_prefix
+
+    assert parse_prefix("10.1.2.3/8") == (AF_INET, "10.0.0.0", 8)
+    assert parse_prefix("fd77:0::1/128") == (AF_INET6, "fd77::1", 128)
+    assert parse_prefix("::ffff:1.2.3.4/128")[1] == "::ffff:1.2.3.4"  # inet_ntop, as a dump reads back
+    for bad in ("10.0.0.0/33", "10.0.0/8", "x/1", "10.0.0.0/-1", "::/129", "10.0.0.0/\u0663"):
+        with pytest.raises(ValueError):
+            parse_prefix(bad)

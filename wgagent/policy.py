@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Iterable, Mapping, NamedTuple
 
 from .config import Config, ReturnPathConfig
-from .model import AF_INET, AF_INET6, InterfaceState, Peer, Route, Rule, kernel_metric
+from .model import AF_INET, AF_INET6, InterfaceState, Peer, Route, Rule, kernel_metric, parse_prefix
 
 # Why a peer is up or down, as logged and shown by `wgagent status`.
 UP = "handshake"  # a handshake younger than handshake_timeout, and not idle
@@ -96,12 +96,10 @@ def peer_routes(interface: str, table: int, metric: int, route_default: bool,
                 allowed_ips: tuple[str, ...]) -> tuple[Route, ...]:
     out = []
     for prefix in allowed_ips:
-        net = ipaddress.ip_network(prefix, strict=False)
-        if net.prefixlen == 0 and not route_default:
+        family, address, plen = parse_prefix(prefix)
+        if plen == 0 and not route_default:
             continue  # a default route would take over the whole table
-        family = 10 if net.version == 6 else 2
-        out.append(Route(table, str(net.network_address), net.prefixlen, interface,
-                         kernel_metric(family, metric)))
+        out.append(Route(table, address, plen, interface, kernel_metric(family, metric)))
     return tuple(out)
 
 
@@ -236,11 +234,10 @@ def peer_rules(table: int | None, base: int, allowed_ips: tuple[str, ...]) -> tu
         return ()
     out = []
     for prefix in allowed_ips:
-        net = ipaddress.ip_network(prefix, strict=False)
-        if net.prefixlen == 0:
+        family, address, plen = parse_prefix(prefix)
+        if plen == 0:
             continue  # "from all" would take every packet of the router
-        out.append(Rule(AF_INET6 if net.version == 6 else AF_INET, base + PEER_OFFSET, table,
-                        str(net.network_address), net.prefixlen))
+        out.append(Rule(family, base + PEER_OFFSET, table, address, plen))
     return tuple(out)
 
 
