@@ -269,3 +269,183 @@ def test_parse_prefix_agrees_with_the_kernels_spelling_and_rejects_junk():
     for bad in ("10.0.0.0/33", "10.0.0/8", "x/1", "10.0.0.0/-1", "::/129", "10.0.0.0/\u0663"):
         with pytest.raises(ValueError):
             parse_prefix(bad)
+
+
+# --- a return path named by netifd network: what a ubus hiccup may and may not drop
+
+from wgagent.policy import Resolution, return_path_state  # noqa: E402
+from wgagent.rtnl import Link  # noqa: E402
+
+NET = config.ReturnPathConfig("wan", 100, network="wan")
+ETH = {"eth0": Link(2, "eth0", "", True)}
+ADDRS = {"eth0": [("198.51.100.2", 24)]}
+GWS = {("eth0", AF_INET): "198.51.100.1"}
+TIMEOUT = "cannot resolve network 'wan': ubus call network.interface.wan status failed (Request timed out)"
+NO_DEVICE = "network 'wan' has no device now (up: False)"
+
+RESOLUTIONS = [
+    # name, links, resolution, last device, expected (device, present, error, stale)
+    ("fresh answer", ETH, Resolution("eth0"), "", ("eth0", True, "", "")),
+    ("fresh answer beats the last one", ETH, Resolution("eth0"), "pppoe-wan", ("eth0", True, "", "")),
+    ("ubus fails: the last device stands", ETH, Resolution(error=TIMEOUT, transient=True), "eth0",
+     ("eth0", True, "", TIMEOUT)),
+    ("ubus fails and the last device is gone from the kernel: path down", {},
+     Resolution(error=TIMEOUT, transient=True), "eth0", ("eth0", False, "device eth0 does not exist", TIMEOUT)),
+    ("ubus fails before any answer: nothing to keep", ETH, Resolution(error=TIMEOUT, transient=True), "",
+     ("", False, TIMEOUT, "")),
+    ("netifd answers: no device; the last one does not stand", ETH, Resolution(error=NO_DEVICE), "eth0",
+     ("", False, NO_DEVICE, "")),
+    ("answered device not in the kernel", ETH, Resolution("pppoe-wan"), "eth0",
+     ("pppoe-wan", False, "device pppoe-wan does not exist", "")),
+]
+
+
+@pytest.mark.parametrize("name,links,res,last,expected", RESOLUTIONS, ids=[r[0] for r in RESOLUTIONS])
+def test_return_path_state_through_ubus_failures(name, links, res, last, expected):
+    st = return_path_state(NET, links, ADDRS, GWS, res, last)
+    assert (st.device, st.present, st.error, st.stale) == expected
+    rules, _, problems = return_path_wants(NET, st, 5000)
+    assert rules == ([Rule(AF_INET, 5010, 100, "198.51.100.2", 32)] if st.present else [])
+    assert problems == ([f"{TIMEOUT}; return_path 'wan' keeps device eth0, the last one netifd named"]
+                        if st.present and st.stale else [])
+
+
+def test_device_option_needs_no_resolution():
+    st = return_path_state(RP, ETH, ADDRS, GWS)
+    assert (st.device, st.present, st.learned_gateways) == ("eth0", True, ((AF_INET, "198.51.100.1"),))
+
+
+def wanted(c, paths) -> set:
+    """The rules and return-path table routes a config wants for these path states."""
+    d = desired_state(c, [], NOW, {}, 0.0)
+    desired_rules(c, d, paths)
+    return set(d.rules) | set(d.path_routes)
+
+
+class FakeRtnl:
+    """The kernel side of Daemon._read_kernel: one device eth0 with an address."""
+
+    def __init__(self):
+        from wgagent.rtnl_routes import RouteDump
+
+        self.dump = RouteDump([], {}, dict(GWS))
+
+    def routes(self, index_to_name):
+        return self.dump
+
+    def addresses(self, index_to_name):
+        return {k: list(v) for k, v in ADDRS.items()}
+
+    def rules(self):
+        return []
+
+
+class FakeUbus:
+    """netifd behind ubus: answers with `device`, or fails with `status` (a ubus code)."""
+
+    def __init__(self):
+        self.device, self.status, self.calls = "eth0", 0, []
+
+    def call(self, obj, method, args, timeout=10):
+        from wgagent.ubus import UbusError
+
+        self.calls.append((obj, method, timeout))
+        if self.status:
+            raise UbusError(self.status, {7: "Request timed out", 4: "Not found"}[self.status])
+        return {"up": bool(self.device), "l3_device": self.device} if self.device else {"up": False}
+
+
+def test_daemon_keeps_the_wan_device_through_a_ubus_hiccup():
+    from wgagent import daemon as daemon_mod
+
+    c = config.Config(path="t", return_paths=(NET, config.ReturnPathConfig("wan6", 101, network="wan")))
+    d = daemon_mod.Daemon(c, rtnl=FakeRtnl(), sources=None)
+    bus = d._ubus = FakeUbus()
+    d._read_kernel(ETH, 0.0)
+    assert [p.present for p in d.view.paths] == [True, True]
+    assert len(bus.calls) == 1, "one call per read for a network however many paths name it"
+    assert bus.calls[0] == ("network.interface.wan", "status", daemon_mod.RESOLVE_TIMEOUT)
+    assert daemon_mod.RESOLVE_TIMEOUT <= 1
+    want = set(wanted(c, d.view.paths))
+    bus.status = 7  # rpcd hangs: the call times out
+    d._read_kernel(ETH, 1.0)
+    assert [(p.device, p.present, bool(p.stale)) for p in d.view.paths] == [("eth0", True, True)] * 2
+    assert set(wanted(c, d.view.paths)) == want, "rules and table routes stay"
+    # an event storm while ubus is down: no call (and no wait) until the backoff ends
+    for t in (1.5, 2.0, 5.9):
+        d._read_kernel(ETH, t)
+    assert len(bus.calls) == 2
+    assert d.view.paths[0].present and "Request timed out" in d.view.paths[0].stale
+    # the device goes from the kernel while ubus is still down: the path goes
+    d._read_kernel({}, 6.5)
+    assert len(bus.calls) == 3 and not d.view.paths[0].present
+    assert wanted(c, d.view.paths) == set()
+    # ... and returns with it
+    d._read_kernel(ETH, 6.6)
+    assert d.view.paths[0].present and wanted(c, d.view.paths) == want
+    # ubus back (netifd restarted: Not found first, then the answer)
+    bus.status = 4
+    d._read_kernel(ETH, 20.0)
+    assert d.view.paths[0].present and "Not found" in d.view.paths[0].stale
+    bus.status = 0
+    d._read_kernel(ETH, 30.0)
+    assert d.view.paths[0].present and not d.view.paths[0].stale
+    # netifd says the network has no device (ifdown): the path goes although eth0 is still there
+    bus.device = ""
+    d._read_kernel(ETH, 40.0)
+    assert not d.view.paths[0].present and d.view.paths[0].error == NO_DEVICE
+    bus.status = 7  # and a hiccup now has no device to keep
+    d._read_kernel(ETH, 50.0)
+    assert not d.view.paths[0].present
+
+
+def test_daemon_logs_a_ubus_hiccup_once_per_change():
+    from wgagent import daemon as daemon_mod
+
+    c = config.Config(path="t", return_paths=(NET,))
+    d = daemon_mod.Daemon(c, rtnl=FakeRtnl(), sources=None)
+    bus = d._ubus = FakeUbus()
+    warned = []
+    d.log.warning = lambda event, **kw: warned.append((event, kw))
+    for t, status in ((0.0, 0), (1.0, 7), (2.0, 7), (10.0, 7), (20.0, 0), (30.0, 0)):
+        bus.status = status
+        d._read_kernel(ETH, t)
+        d._warn_problems(desired_rules(c, desired_state(c, [], NOW, {}, t), d.view.paths))
+    assert warned == [("return_path_problem", {"detail": f"{TIMEOUT}; return_path 'wan' keeps device eth0, "
+                                                         "the last one netifd named"})]
+
+
+def test_resolution_does_not_wait_behind_a_slow_firewall_call():
+    """python-ubus has one connection per process, shared with the firewall thread:
+    the route loop's short call gives up rather than wait for a long one."""
+    import threading
+    import time
+
+    from wgagent import netifd
+    from wgagent.ubus import PythonUbus
+
+    release = threading.Event()
+
+    class Module:  # python-ubus, with rpcd stuck in the firewall's call
+        def get_connected(self):
+            return True
+
+        def call(self, obj, method, args, timeout):
+            if obj == "uci":
+                release.wait(10)
+                return []
+            return [{"up": True, "l3_device": "eth0"}]
+
+    client = PythonUbus(Module(), "")
+    slow = threading.Thread(target=client.call, args=("uci", "commit", {}))
+    slow.start()
+    try:
+        time.sleep(0.05)
+        t0 = time.monotonic()
+        with pytest.raises(netifd.ResolveError) as e:
+            netifd.resolve("wan", client, timeout=0.2)
+        assert e.value.transient and time.monotonic() - t0 < 1
+    finally:
+        release.set()
+        slow.join()
+    assert netifd.resolve("wan", client, timeout=0.2) == "eth0"

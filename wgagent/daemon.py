@@ -23,13 +23,15 @@ from . import log as log_mod
 from . import netifd, ubus
 from .config import Config, ConfigError
 from .model import Route, Rule
-from .policy import (IDLE, Desired, PathState, PeerVerdict, PlanMemo, desired_rules, desired_state, plan_routes,
-                     plan_rules, track_activity)
+from .policy import (IDLE, Desired, PathState, PeerVerdict, PlanMemo, Resolution, desired_rules, desired_state,
+                     plan_routes, plan_rules, return_path_state, track_activity)
 from .rtnl import Rtnl, RtnlEvents
 from .wgsource import PeerSources
 
 RESYNC_SECONDS = 30.0
 SETTLE_SECONDS = 0.02  # after an event, let a burst (netifd flushing a device) arrive
+RESOLVE_TIMEOUT = 1.0  # seconds for one ubus call resolving a return path's network (see _resolve_networks)
+RESOLVE_BACKOFF = 5.0  # seconds without asking again after such a call failed
 BURST = 20  # more changes of one kind in one pass than this: one summary line (see _log_lines)
 RUN_DIR = os.environ.get("WGAGENT_RUN_DIR", "/var/run/wgagent")
 
@@ -90,6 +92,9 @@ class Daemon:
         self.last_desired = Desired()
         self.firewall = None  # a firewall.FirewallSync, when want_firewall() starts one
         self._ubus = None  # connected on first use (a network name to resolve)
+        self.path_devices: dict[str, str] = {}  # network -> the device netifd last named for it
+        self._resolve_failures: dict[str, str] = {}
+        self._resolve_quiet_until = -1e18
 
     # --- one pass
 
@@ -102,24 +107,40 @@ class Daemon:
         index_to_name = {link.index: name for name, link in links.items()}
         dump = self.rtnl.routes(index_to_name)
         addrs = self.rtnl.addresses(index_to_name) if self.config.return_paths else {}
-        paths = [self._path_state(rp, links, addrs, dump.gateways) for rp in self.config.return_paths]
+        resolved = self._resolve_networks(mono)
+        paths = [return_path_state(rp, links, addrs, dump.gateways, resolved.get(rp.network, Resolution()),
+                                   self.path_devices.get(rp.network, "")) for rp in self.config.return_paths]
         self.view = KernelView(set(dump.owned), dump.foreign, set(self.rtnl.rules()), paths, mono)
         self.dirty = False
 
-    def _path_state(self, rp, links, addrs, gateways) -> PathState:
-        device = rp.device
-        if rp.network:
+    def _resolve_networks(self, mono: float) -> dict[str, Resolution]:
+        """Ask netifd for the device of each network a return path names. The route
+        loop waits for the answer, so: once per read of the kernel (an event, a failed
+        change, the resync), each call at most RESOLVE_TIMEOUT, and after a call that
+        failed none for RESOLVE_BACKOFF seconds (rpcd hanging during an event storm
+        would otherwise stall route repair). The last device each network had is
+        remembered: return_path_state() keeps it through such failures."""
+        out: dict[str, Resolution] = {}
+        for network in dict.fromkeys(rp.network for rp in self.config.return_paths if rp.network):
+            if mono < self._resolve_quiet_until:
+                out[network] = Resolution(error=self._resolve_failures.get(network, "ubus not answering"),
+                                          transient=True)
+                continue
             try:
                 if self._ubus is None:
                     self._ubus = ubus.connect(self.config.agent.ubus_socket)
-                device = netifd.resolve(rp.network, self._ubus)
+                out[network] = Resolution(netifd.resolve(network, self._ubus, timeout=RESOLVE_TIMEOUT))
             except netifd.ResolveError as e:
-                return PathState(rp.name, error=str(e))
-        link = links.get(device)
-        if link is None:
-            return PathState(rp.name, device, error=f"device {device} does not exist")
-        learned = tuple((fam, gw) for (dev, fam), gw in sorted(gateways.items()) if dev == device)
-        return PathState(rp.name, device, True, link.pointopoint, tuple(addrs.get(device, ())), learned)
+                out[network] = Resolution(error=str(e), transient=e.transient)
+                if e.transient:
+                    self._resolve_quiet_until = mono + RESOLVE_BACKOFF
+                    self._resolve_failures[network] = str(e)
+                else:
+                    self.path_devices.pop(network, None)  # netifd says: no device
+                continue
+            self.path_devices[network] = out[network].device
+            self._resolve_failures.pop(network, None)
+        return out
 
     def snapshot(self):
         """Observe and decide without changing anything (for `wgagent status`)."""
@@ -362,7 +383,7 @@ class Daemon:
 
     def _log_paths(self, paths) -> None:
         for p in paths:
-            seen = (p.device, p.present, p.addresses, p.learned_gateways, p.error)
+            seen = (p.device, p.present, p.addresses, p.learned_gateways, p.error, p.stale)
             if self.path_seen.get(p.name) == seen:
                 continue
             self.path_seen[p.name] = seen

@@ -1,8 +1,9 @@
 """netifd names -> kernel devices, through ubus (`network.interface.NAME status`).
 
 Used for `option network 'wan'` on a return path: the device behind a netifd
-interface changes (pppoe-wan appears when PPPoE connects), so it is asked again on
-every resync. Where ubus is missing (a plain Linux host) the answer is an error
+interface changes (pppoe-wan appears when PPPoE connects), so it is asked again
+whenever the daemon re-reads the kernel (an rtnetlink event, a failed change, the
+periodic resync). Where ubus is missing (a plain Linux host) the answer is an error
 that tells the user to name the device instead.
 """
 
@@ -10,17 +11,25 @@ from __future__ import annotations
 
 
 class ResolveError(LookupError):
-    pass
+    """transient: netifd could not be asked (ubus down or slow, or netifd restarting
+    and its objects not registered yet), as opposed to an answer that there is no
+    device. The daemon keeps the last device it learned through a transient error."""
+
+    def __init__(self, text: str, transient: bool = False):
+        super().__init__(text)
+        self.transient = transient
 
 
-def resolve(network: str, client) -> str:
+def resolve(network: str, client, timeout: float = 3) -> str:
     """client: a wgagent.ubus client, or None where there is no ubus."""
     if client is None:
         raise ResolveError(f"cannot resolve network '{network}': no ubus here; use option device instead")
     try:
-        status = client.call(f"network.interface.{network}", "status", {}, timeout=3)
+        status = client.call(f"network.interface.{network}", "status", {}, timeout=timeout)
     except OSError as e:
-        raise ResolveError(f"network '{network}' unknown to netifd ({e.strerror})") from None
+        raise ResolveError(f"cannot resolve network '{network}': ubus call network.interface.{network} status "
+                           f"failed ({e.strerror})",
+                           transient=True) from None
     device = status.get("l3_device") or status.get("device")
     if not device:
         raise ResolveError(f"network '{network}' has no device now (up: {status.get('up')})")

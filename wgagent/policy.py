@@ -252,6 +252,35 @@ class PathState:
     addresses: tuple[tuple[str, int], ...] = ()  # global addresses with prefix length
     learned_gateways: tuple[tuple[int, str], ...] = ()  # (family, gateway) from the device's default routes
     error: str = ""
+    stale: str = ""  # why the device is the one netifd named last rather than a fresh answer
+
+
+class Resolution(NamedTuple):
+    """What netifd said about a return path's `option network` this time."""
+
+    device: str = ""
+    error: str = ""
+    transient: bool = False  # netifd could not be asked (see netifd.ResolveError)
+
+
+def return_path_state(cfg: ReturnPathConfig, links: Mapping, addrs: Mapping, gateways: Mapping,
+                      resolution: Resolution = Resolution(), last_device: str = "") -> PathState:
+    """The path's device and what the kernel holds for it. A ubus hiccup (netifd
+    restarting, rpcd slow) must not drop a working return path: while netifd cannot
+    be asked, the device it named last stands, and the path goes only when that
+    device is gone from the kernel. An answer that the network has no device wins."""
+    device, stale = cfg.device, ""
+    if cfg.network:
+        device = resolution.device
+        if not device and resolution.transient and last_device:
+            device, stale = last_device, resolution.error
+        if not device:
+            return PathState(cfg.name, error=resolution.error)
+    link = links.get(device)
+    if link is None:
+        return PathState(cfg.name, device, error=f"device {device} does not exist", stale=stale)
+    learned = tuple((fam, gw) for (dev, fam), gw in sorted(gateways.items()) if dev == device)
+    return PathState(cfg.name, device, True, link.pointopoint, tuple(addrs.get(device, ())), learned, stale=stale)
 
 
 def return_path_wants(cfg: ReturnPathConfig, state: PathState, base: int) -> tuple[list[Rule], list[Route], list[str]]:
@@ -261,6 +290,9 @@ def return_path_wants(cfg: ReturnPathConfig, state: PathState, base: int) -> tup
     problems: list[str] = []
     if not state.present:
         return rules, routes, problems
+    if state.stale:
+        problems.append(f"{state.stale}; return_path '{cfg.name}' keeps device {state.device}, "
+                        f"the last one netifd named")
     families = set()
     for addr, plen in state.addresses:
         ip = ipaddress.ip_interface(f"{addr}/{plen}")

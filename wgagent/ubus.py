@@ -38,8 +38,14 @@ class PythonUbus:
         self.lock = threading.Lock()  # the firewall thread and the route loop share it
 
     def call(self, obj: str, method: str, args: dict, timeout: float = 10) -> dict:
-        with self.lock:
+        # the timeout covers the wait for the other thread's call too: the route loop
+        # asks netifd with a short one and must not sit behind a slow firewall commit
+        if not self.lock.acquire(timeout=timeout):
+            raise UbusError(7, f"ubus call {obj} {method}: connection busy for {timeout:g}s")
+        try:
             return self._call(obj, method, args, timeout)
+        finally:
+            self.lock.release()
 
     def _call(self, obj: str, method: str, args: dict, timeout: float) -> dict:
         if not self.ubus.get_connected():
