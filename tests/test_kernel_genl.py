@@ -289,3 +289,4 @@ def test_interface_deleted_mid_poll(lab, backend):
     for poll in again:  # while re-created and filled: some of the new peers, never an old one
         for s in poll:
             assert s["peers"] is None or set(s["peers"]) <= set(new_map), s
+    print(f"polls: {len(before)} before the deletion, {len(after)} after, {len(again)} once re-created")
