@@ -151,3 +151,91 @@ def test_missing_family_is_a_clear_error():
         assert str(e).startswith("[Errno 2] wgx0: wireguard generic netlink family unavailable")
     else:
         pytest.skip("this kernel has the wireguard family and an interface wgx0")
+
+
+FAMILY = 0x1B  # any id: the fake socket hands it out and checks that dumps use it
+
+
+class FakeGenl:
+    """Stands in for the netlink socket: answers the family lookup, then each dump
+    request with the next scripted dump (a list of (flags, payload) messages,
+    then NLMSG_DONE with done_flags), two messages per datagram as the kernel may."""
+
+    def __init__(self, dumps):
+        self.dumps = list(dumps)  # [(messages, done_flags)]
+        self.dump_requests = 0
+        self.pending: list[bytes] = []
+
+    def settimeout(self, _):
+        pass
+
+    def bind(self, _):
+        pass
+
+    def close(self):
+        pass
+
+    def send(self, data: bytes):
+        length, kind, flags, seq, _ = struct.unpack_from("=IHHII", data)
+        assert length == len(data)
+        if kind == wk.GENL_ID_CTRL:
+            assert data[16] == wk.CTRL_CMD_GETFAMILY and nla(wk.CTRL_ATTR_FAMILY_NAME, b"wireguard\0") in data
+            answer = [(0, bytes((1, 2, 0, 0)) + nla(wk.CTRL_ATTR_FAMILY_ID, struct.pack("=H", FAMILY)))]
+            self.pending = [self._datagram(answer, kind, seq)]
+            return len(data)
+        assert kind == FAMILY and flags == wk.NLM_F_REQUEST | wk.NLM_F_DUMP
+        assert data[16:20] == bytes((wk.WG_CMD_GET_DEVICE, 1, 0, 0)) and data[20:] == nla(wk.WGDEVICE_A_IFNAME,
+                                                                                       b"wg0\0")
+        self.dump_requests += 1
+        messages, done_flags = self.dumps.pop(0)  # IndexError: more dump requests than scripted
+        messages = [(f, p, FAMILY) for f, p in messages] + [(done_flags, struct.pack("=i", 0), wk.NLMSG_DONE)]
+        self.pending = [b"".join(self._message(*m, seq) for m in messages[i:i + 2])
+                        for i in range(0, len(messages), 2)]
+        return len(data)
+
+    @staticmethod
+    def _message(flags: int, payload: bytes, kind: int, seq: int) -> bytes:
+        return struct.pack("=IHHII", 16 + len(payload), kind, flags | 0x2, seq, 0) + payload  # 0x2: NLM_F_MULTI
+
+    def _datagram(self, messages, kind, seq) -> bytes:
+        return b"".join(self._message(f, p, kind, seq) for f, p in messages)
+
+    def recvmsg_into(self, buffers):
+        (view,) = buffers
+        data = self.pending.pop(0)  # IndexError: a read past the end of the answer
+        view[:len(data)] = data
+        return len(data), [], 0, None
+
+
+def kernel_with(monkeypatch, fake: FakeGenl) -> wk.KernelWireGuard:
+    monkeypatch.setattr(wk.socket, "socket", lambda *args: fake)
+    return wk.KernelWireGuard()
+
+
+KEY3 = bytes(range(200, 232))
+B64 = {k: base64.b64encode(k).decode() for k in (KEY1, KEY2, KEY3)}
+WIDE1 = [f"10.1.0.{i}/32" for i in range(1, 101)]
+WIDE2 = [f"10.1.1.{i}/32" for i in range(1, 101)]
+# What the kernel sends when peers change mid-dump: KEY1's AllowedIPs were replaced
+# between its two pieces, and KEY2, the cursor, was removed, which ends the dump early.
+TORN = [(0, message(peer(KEY1, WIDE1))), (wk.NLM_F_DUMP_INTR, message(peer(KEY1, ["10.9.9.9/32"], full=False)))]
+CLEAN = [(0, message(peer(KEY1, WIDE1))), (0, message(peer(KEY1, WIDE2, full=False), peer(KEY3, ["10.3.0.1/32"])))]
+
+
+@pytest.mark.parametrize("where", ["message", "done"])
+def test_interrupted_dump_is_retried_and_the_clean_one_returned(monkeypatch, where):
+    torn = TORN if where == "message" else [(0, TORN[0][1]), (0, TORN[1][1])]
+    fake = FakeGenl([(torn, wk.NLM_F_DUMP_INTR if where == "done" else 0), (CLEAN, 0)])
+    peers = kernel_with(monkeypatch, fake).read_peers("wg0")
+    assert fake.dump_requests == 2 and not fake.dumps
+    assert {p.public_key: p.allowed_ips for p in peers} == {B64[KEY1]: tuple(WIDE1 + WIDE2),
+                                                            B64[KEY3]: ("10.3.0.1/32",)}
+
+
+def test_dump_interrupted_every_time_is_an_error(monkeypatch):
+    fake = FakeGenl([(TORN, wk.NLM_F_DUMP_INTR)] * (wk.DUMP_RETRIES + 1))
+    with pytest.raises(KernelWgError) as e:
+        kernel_with(monkeypatch, fake).read_peers("wg0")
+    assert e.value.errno == errno.EINTR
+    assert str(e.value) == f"[Errno {errno.EINTR}] wg0: dump interrupted {wk.DUMP_RETRIES} times in a row"
+    assert fake.dump_requests == wk.DUMP_RETRIES  # then it gives up: one spare dump left unasked

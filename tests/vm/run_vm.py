@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CACHE = os.path.join(ROOT, ".cache", "vm")
@@ -43,7 +44,10 @@ SKIP = 77
 
 
 def sh(*cmd, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode != 0:  # say why (a failed apt-get download, say), not just that it failed
+        raise SystemExit(f"vm: {' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
+    return r
 
 
 def ensure_tools() -> str | None:
@@ -196,12 +200,10 @@ def main(argv: list[str]) -> int:
         f.write(_cpio(entries))
     accel = "kvm" if kvm_usable() else "tcg"
     tests = [a for a in argv if a != "--bench"] or DEFAULT_TESTS
-    python = os.path.realpath(os.path.join(ROOT, ".venv", "bin", "python"))
-    if not os.path.exists(python):
-        python = os.path.realpath(sys.executable)
-    # the venv's own python: its site-packages come from the venv's pyvenv.cfg
+    # the venv's own python, not its link target: its site-packages come from the venv's
+    # pyvenv.cfg; without a venv, the real path of this one (a pyenv shim is not in the guest)
     venv_python = os.path.join(ROOT, ".venv", "bin", "python")
-    python = venv_python if os.path.exists(venv_python) else python
+    python = venv_python if os.path.exists(venv_python) else os.path.realpath(sys.executable)
     bench = argv[:1] == ["--bench"]  # make bench-kernel: bench/run.py's kernel sections instead of tests
     if bench:
         what, command = "the benchmark", f"{python} bench/run.py --kernel --out {OUT}/RESULTS-kernel.md"
@@ -231,12 +233,27 @@ def main(argv: list[str]) -> int:
     rc = _read(os.path.join(OUT, "rc")).strip()
     print(log, flush=True)
     print(f"vm: done in {elapsed:.0f}s (boot, {what} and power-off); guest exit {rc or 'missing'}", flush=True)
+    if not bench:
+        print(f"vm: guest pytest: {_junit_counts(os.path.join(OUT, 'junit.xml'))}", flush=True)
     if rc != "0":
         print("vm: guest console:\n" + _read(console)[-6000:], flush=True)
         return 1
     if bench:
         shutil.copy(os.path.join(OUT, "RESULTS-kernel.md"), os.path.join(ROOT, "bench", "RESULTS-kernel.md"))
     return 0
+
+
+def _junit_counts(path: str) -> str:
+    """'N passed, N failed, N errors, N skipped in Ns' from pytest's junit.xml."""
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError) as e:
+        return f"no junit.xml ({e})"
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+    n = {k: sum(int(x.get(k, 0)) for x in suites) for k in ("tests", "failures", "errors", "skipped")}
+    seconds = sum(float(x.get("time", 0)) for x in suites)
+    return (f"{n['tests'] - n['failures'] - n['errors'] - n['skipped']} passed, {n['failures']} failed, "
+            f"{n['errors']} errors, {n['skipped']} skipped in {seconds:.0f}s")
 
 
 def _read(path: str) -> str:
