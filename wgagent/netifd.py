@@ -20,8 +20,13 @@ def resolve(network: str, client) -> str:
     try:
         status = client.call(f"network.interface.{network}", "status", {}, timeout=3)
     except OSError as e:
+        # an interface netifd does not know has no object: NOT_FOUND
         raise ResolveError(f"network '{network}' unknown to netifd ({e.strerror})") from None
+    # netifd gives l3_device (the device packets leave by, pppoe-wan for PPPoE) only
+    # while the interface is up; "device" is the configured one and stays when down
+    if not status.get("up"):
+        raise ResolveError(f"network '{network}' is down (device {status.get('device') or 'none'})")
     device = status.get("l3_device") or status.get("device")
     if not device:
-        raise ResolveError(f"network '{network}' has no device now (up: {status.get('up')})")
+        raise ResolveError(f"network '{network}' is up but has no device")
     return device
