@@ -138,7 +138,7 @@ def double(tmp_path):
     confdir.mkdir()
     (confdir / "firewall").write_text(open(os.path.join(DATA, "firewall.base")).read())
     (confdir / "network").write_text("config interface 'lan'\n\toption proto 'static'\n")
-    d = UbusDouble(str(tmp_path / "ubus.sock"), str(confdir))
+    d = UbusDouble(str(tmp_path / "ubus.sock"), str(confdir), str(tmp_path / "uci-delta"))
     yield d
     d.close()
 
@@ -149,7 +149,7 @@ def client(request, double, monkeypatch):
     if request.param == "python-ubus":
         monkeypatch.syspath_prepend(PYMOD)
         sys.modules.pop("ubus", None)
-        ubus_mod._python_clients.clear()
+        monkeypatch.setattr(ubus_mod, "_python_client", None)
     else:
         monkeypatch.setitem(sys.modules, "ubus", None)  # import ubus fails: as on a host without it
         monkeypatch.setenv("PATH", BIN + os.pathsep + os.environ["PATH"])
@@ -161,7 +161,6 @@ def client(request, double, monkeypatch):
         if mod is not None and mod.get_connected():
             mod.disconnect()
         sys.modules.pop("ubus", None)
-        ubus_mod._python_clients.clear()
 
 
 def file_sections(double) -> list[tuple]:
@@ -295,7 +294,17 @@ def test_cli_exit_codes_and_messages(double, monkeypatch):
         'Command failed: ubus call uci set {"config":"firewall","section":"does_not_exist",'
         '"values":{"input":"ACCEPT"}} (Not found)')
     r = ubus("call", "uci", "add", '{"config":"firewall","type":"bad type"}')
-    assert r.returncode == 254 and r.stderr.strip().endswith("(Invalid argument)")
+    first, *usage = r.stderr.splitlines()
+    assert r.returncode == 254 and first == \
+        'Command failed: ubus call uci add {"config":"firewall","type":"bad type"} (Invalid argument)'
+    assert usage and usage[0].startswith("Usage: ubus")  # cli.c prints its usage after INVALID_ARGUMENT
+    r = ubus("call", "nosuchobject", "get", "{}")  # recorded in 06: exit 4, tty or not
+    assert (r.returncode, r.stderr) == (4, "Command failed: Not found\n")
+    r = ubus("call", "uci", "get", '{"config":')  # recorded in 06: a client-side parse error
+    assert (r.returncode, r.stderr) == (
+        244, 'Command failed: ubus call uci get {"config": (Parsing message data failed)\n')
+    r = ubus("call", "uci", "frobnicate", "{}")
+    assert (r.returncode, r.stderr) == (253, "Command failed: ubus call uci frobnicate {} (Method not found)\n")
     r = ubus("call", "uci", "get", '{"config":"firewall","section":"no_such_section"}')
     assert r.returncode == 0 and r.stdout == ""  # status 0, no data
     r = ubus("call", "uci", "commit", '{"config":"firewall"}')
@@ -365,11 +374,16 @@ def test_set_replaces_a_list_in_the_delta(double):
     # add with a name of an existing section of another type silently changes its type
     u.call("add", {"config": "firewall", "type": "zone", "name": "wg_wan_in", "values": {"name": "oops"}})
     assert u.call("get", {"config": "firewall", "section": "wg_wan_in"})["values"][".type"] == "zone"
-    # delete by type+match ignores keys a section lacks: it takes unrelated rules too
+    # delete by type+match ignores keys a section lacks (rpc_uci_match_section): a
+    # section matches when at least one key is present and every present key matches
     u.call("revert", {"config": "firewall"})
     u.call("delete", {"config": "firewall", "type": "rule", "match": {"icmp_type": "echo-request", "family": "ipv4"}})
     removed = [c[1] for c in u.call("changes", {"config": "firewall"})["changes"]]
-    assert len(removed) == 2 and "wg_wan_in" in removed  # the WireGuard rule went too
+    assert removed == ["cfg0592bd"]  # Allow-Ping; wg_wan_in has neither key and stays
+    u.call("revert", {"config": "firewall"})
+    # the trap: a key the section lacks does not stop it matching (wg_wan_in has no icmp_type)
+    u.call("delete", {"config": "firewall", "type": "rule", "match": {"target": "ACCEPT", "icmp_type": "nope"}})
+    assert [c[1] for c in u.call("changes", {"config": "firewall"})["changes"]] == ["wg_wan_in"]
 
 
 # --- the daemon side: never waits on ubus
