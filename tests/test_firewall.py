@@ -283,6 +283,31 @@ def test_a_section_removed_by_another_tool_is_restored_and_logged(tmp_path, doub
 # --- recorded rpcd and CLI behaviour, as the double reproduces it
 
 
+@pytest.mark.parametrize("name", ["01-roundtrip", "02-sections", "03-lists", "04-delete", "05-commit", "06-errors"])
+def test_the_double_replays_the_transcripts_exactly(tmp_path, name):
+    from .ubus_double import replay
+
+    path = os.path.join(replay.TRANSCRIPTS, name + ".txt")
+    if not os.path.exists(path):
+        pytest.skip(f"{path}: the recorded transcripts are not on this machine")
+    r = replay.Replay(str(tmp_path))
+    replayed, diffs = 0, []
+    try:
+        with open(path) as f:
+            for cmd, recorded, status in replay.blocks(f.read()):
+                got = r.run(cmd)
+                if got is None or status is None:
+                    continue
+                replayed += 1
+                if got[1] != status or not replay.compare(recorded, got[0]):
+                    diffs.append(f"$ {cmd}\nrecorded [exit {status}]:\n" + "\n".join(recorded) +
+                                 f"\ngot [exit {got[1]}]:\n{got[0]}")
+    finally:
+        r.close()
+    assert replayed >= 10
+    assert not diffs, "\n\n".join(diffs)
+
+
 def test_cli_exit_codes_and_messages(double, monkeypatch):
     env = dict(os.environ, PATH=BIN + os.pathsep + os.environ["PATH"])
 
