@@ -86,6 +86,7 @@ class RpcdUci:
         self.events: list[dict] = []  # config.change notifications sent to procd
         self.calls: list[tuple[str, dict]] = []  # every call, for tests to inspect
         self.fail_after: int | None = None  # fault injection: fail the Nth write call from now
+        self.after_call = None  # a test's hook, run after each call: another tool acting mid-pass
         self.lock = threading.Lock()
 
     # --- dispatch
@@ -103,7 +104,11 @@ class RpcdUci:
                     self.fail_after = None
                     raise UbusStatus(9)
                 self.fail_after -= 1
-            return handler(args)
+            try:
+                return handler(args)
+            finally:
+                if self.after_call is not None:
+                    self.after_call(method, args)
 
     # --- storage: the file, the delta in the savedir, and the file with the delta applied
 
