@@ -108,6 +108,8 @@ class CliUbus:
             # only the first line, for the log.
             status = 256 - r.returncode if r.returncode > 128 else r.returncode
             first = (r.stderr.strip().splitlines() or [""])[0]
+            if r.returncode == 255 and first.startswith("Failed to connect"):
+                status = CONNECTION_FAILED  # cli.c returns -1: no ubusd at that socket
             raise UbusError(status, STATUS_TEXT.get(status) or first or f"exit {r.returncode}")
         return json.loads(r.stdout) if r.stdout.strip() else {}
 
