@@ -138,7 +138,7 @@ def double(tmp_path):
     confdir.mkdir()
     (confdir / "firewall").write_text(open(os.path.join(DATA, "firewall.base")).read())
     (confdir / "network").write_text("config interface 'lan'\n\toption proto 'static'\n")
-    d = UbusDouble(str(tmp_path / "ubus.sock"), str(confdir))
+    d = UbusDouble(str(tmp_path / "ubus.sock"), str(confdir), str(tmp_path / "uci-delta"))
     yield d
     d.close()
 
@@ -149,7 +149,7 @@ def client(request, double, monkeypatch):
     if request.param == "python-ubus":
         monkeypatch.syspath_prepend(PYMOD)
         sys.modules.pop("ubus", None)
-        ubus_mod._python_clients.clear()
+        monkeypatch.setattr(ubus_mod, "_python_client", None)
     else:
         monkeypatch.setitem(sys.modules, "ubus", None)  # import ubus fails: as on a host without it
         monkeypatch.setenv("PATH", BIN + os.pathsep + os.environ["PATH"])
@@ -161,7 +161,6 @@ def client(request, double, monkeypatch):
         if mod is not None and mod.get_connected():
             mod.disconnect()
         sys.modules.pop("ubus", None)
-        ubus_mod._python_clients.clear()
 
 
 def file_sections(double) -> list[tuple]:
@@ -284,6 +283,31 @@ def test_a_section_removed_by_another_tool_is_restored_and_logged(tmp_path, doub
 # --- recorded rpcd and CLI behaviour, as the double reproduces it
 
 
+@pytest.mark.parametrize("name", ["01-roundtrip", "02-sections", "03-lists", "04-delete", "05-commit", "06-errors"])
+def test_the_double_replays_the_transcripts_exactly(tmp_path, name):
+    from .ubus_double import replay
+
+    path = os.path.join(replay.TRANSCRIPTS, name + ".txt")
+    if not os.path.exists(path):
+        pytest.skip(f"{path}: the recorded transcripts are not on this machine")
+    r = replay.Replay(str(tmp_path))
+    replayed, diffs = 0, []
+    try:
+        with open(path) as f:
+            for cmd, recorded, status in replay.blocks(f.read()):
+                got = r.run(cmd)
+                if got is None or status is None:
+                    continue
+                replayed += 1
+                if got[1] != status or not replay.compare(recorded, got[0]):
+                    diffs.append(f"$ {cmd}\nrecorded [exit {status}]:\n" + "\n".join(recorded) +
+                                 f"\ngot [exit {got[1]}]:\n{got[0]}")
+    finally:
+        r.close()
+    assert replayed >= 10
+    assert not diffs, "\n\n".join(diffs)
+
+
 def test_cli_exit_codes_and_messages(double, monkeypatch):
     env = dict(os.environ, PATH=BIN + os.pathsep + os.environ["PATH"])
 
@@ -295,7 +319,17 @@ def test_cli_exit_codes_and_messages(double, monkeypatch):
         'Command failed: ubus call uci set {"config":"firewall","section":"does_not_exist",'
         '"values":{"input":"ACCEPT"}} (Not found)')
     r = ubus("call", "uci", "add", '{"config":"firewall","type":"bad type"}')
-    assert r.returncode == 254 and r.stderr.strip().endswith("(Invalid argument)")
+    first, *usage = r.stderr.splitlines()
+    assert r.returncode == 254 and first == \
+        'Command failed: ubus call uci add {"config":"firewall","type":"bad type"} (Invalid argument)'
+    assert usage and usage[0].startswith("Usage: ubus")  # cli.c prints its usage after INVALID_ARGUMENT
+    r = ubus("call", "nosuchobject", "get", "{}")  # recorded in 06: exit 4, tty or not
+    assert (r.returncode, r.stderr) == (4, "Command failed: Not found\n")
+    r = ubus("call", "uci", "get", '{"config":')  # recorded in 06: a client-side parse error
+    assert (r.returncode, r.stderr) == (
+        244, 'Command failed: ubus call uci get {"config": (Parsing message data failed)\n')
+    r = ubus("call", "uci", "frobnicate", "{}")
+    assert (r.returncode, r.stderr) == (253, "Command failed: ubus call uci frobnicate {} (Method not found)\n")
     r = ubus("call", "uci", "get", '{"config":"firewall","section":"no_such_section"}')
     assert r.returncode == 0 and r.stdout == ""  # status 0, no data
     r = ubus("call", "uci", "commit", '{"config":"firewall"}')
@@ -365,11 +399,16 @@ def test_set_replaces_a_list_in_the_delta(double):
     # add with a name of an existing section of another type silently changes its type
     u.call("add", {"config": "firewall", "type": "zone", "name": "wg_wan_in", "values": {"name": "oops"}})
     assert u.call("get", {"config": "firewall", "section": "wg_wan_in"})["values"][".type"] == "zone"
-    # delete by type+match ignores keys a section lacks: it takes unrelated rules too
+    # delete by type+match ignores keys a section lacks (rpc_uci_match_section): a
+    # section matches when at least one key is present and every present key matches
     u.call("revert", {"config": "firewall"})
     u.call("delete", {"config": "firewall", "type": "rule", "match": {"icmp_type": "echo-request", "family": "ipv4"}})
     removed = [c[1] for c in u.call("changes", {"config": "firewall"})["changes"]]
-    assert len(removed) == 2 and "wg_wan_in" in removed  # the WireGuard rule went too
+    assert removed == ["cfg0592bd"]  # Allow-Ping; wg_wan_in has neither key and stays
+    u.call("revert", {"config": "firewall"})
+    # the trap: a key the section lacks does not stop it matching (wg_wan_in has no icmp_type)
+    u.call("delete", {"config": "firewall", "type": "rule", "match": {"target": "ACCEPT", "icmp_type": "nope"}})
+    assert [c[1] for c in u.call("changes", {"config": "firewall"})["changes"]] == ["wg_wan_in"]
 
 
 # --- the daemon side: never waits on ubus
@@ -394,7 +433,7 @@ def test_firewall_sync_runs_beside_and_reports_unavailable_once(tmp_path):
 
 
 def test_slow_rpcd_does_not_block_the_caller(tmp_path, double, client):
-    double.delay = 0.5
+    double.delay = 0.2
     done = threading.Event()
 
     class Log:
@@ -409,7 +448,7 @@ def test_slow_rpcd_does_not_block_the_caller(tmp_path, double, client):
     sync.start()
     sync.nudge()
     assert time.monotonic() - started < 0.2  # the caller (the route loop) goes on at once
-    assert done.wait(60)
+    assert done.wait(180)  # ~25 calls, each a process start under the CLI on a loaded machine
     sync.stop()
 
 
@@ -450,3 +489,319 @@ def test_a_reload_that_adds_zones_starts_the_firewall_thread(tmp_path, monkeypat
         assert d.firewall is not None and d.firewall.thread.is_alive()
     finally:
         d.firewall.stop()
+
+
+# --- the audit's cases: each fails on the code before its fix
+
+
+def test_add_without_a_type_is_checked_before_the_config(double):
+    from .ubus_double.rpcd import UbusStatus
+
+    with pytest.raises(UbusStatus) as e:
+        double.uci.call("add", {"config": "nosuchconfig"})
+    assert e.value.status == 2  # rpcd: required arguments first; with a type it is NOT_FOUND (06)
+
+
+def test_anonymous_ids_are_libucis_and_survive_a_commit(double):
+    u = double.uci
+    sid = u.call("add", {"config": "firewall", "type": "rule", "values": {"name": "x"}})["section"]
+    # the base file holds 6 sections: the 7th, and the djb hash of "rule" (as cfg1392bd in 02)
+    assert sid == "cfg0792bd"
+    u.call("commit", {"config": "firewall"})
+    assert u.call("get", {"config": "firewall", "type": "rule", "match": {"name": "x"}})["values"].keys() == {sid}
+
+
+def test_a_change_staged_in_the_savedir_by_another_tool_is_seen(tmp_path, double, client):
+    # what `uci set firewall.lan.input=DROP` leaves in /tmp/.uci/firewall
+    with open(os.path.join(double.uci.savedir, "firewall"), "a") as f:
+        f.write("firewall.lan.input='DROP'\n")
+    assert client.call("uci", "changes", {"config": "firewall"})["changes"] == [["set", "lan", "input", "DROP"]]
+    with pytest.raises(ForeignPending):
+        firewall.FirewallWriter(client).sync(firewall.desired_sections(op_config(tmp_path, "op1")))
+    assert "commit" not in writes(double)
+
+
+UCI_CASES = "/work/shared/openwrt/uci-syntax/cases.md"
+
+
+def test_the_doubles_commit_writer_follows_libuci_export():
+    """The double writes the file itself (not with wgagent.uci.render), so the golden
+    files check wgagent's sections against libuci's layout as recorded."""
+    import ast
+    import re as _re
+
+    from .ubus_double.rpcd import _Section, export
+
+    if not os.path.exists(UCI_CASES):
+        pytest.skip(f"{UCI_CASES} not on this machine")
+    text = open(UCI_CASES).read()
+    checked = 0
+    for name, body in _re.findall(r"^## (\S+)\n(.*?)(?=^## |\Z)", text, flags=_re.S | _re.M):
+        m = _re.search(r"file content.*?```\n(.*?)\n```.*?uci export \S+:\n```\n(.*?)\[exit 0\]\n```", body, _re.S)
+        if not m:
+            continue  # a broken file: nothing exported
+        content = ast.literal_eval(m.group(1))
+        recorded = m.group(2).split("\n", 1)[1]  # without "package NAME": a commit writes none
+        sections = [_Section(s.type, s.name or "", s.name is None, dict(s.options)) for s in uci.parse(content)]
+        assert export(sections) == recorded, name
+        checked += 1
+    assert checked >= 5
+
+
+def test_cli_client_takes_the_status_from_the_exit_code(double, monkeypatch):
+    monkeypatch.setenv("PATH", BIN + os.pathsep + os.environ["PATH"])
+    c = ubus_mod.CliUbus(os.path.join(BIN, "ubus"), double.path)
+    with pytest.raises(ubus_mod.UbusError) as e:
+        c.call("uci", "add", {"config": "firewall", "type": "bad type"})
+    # the usage text after it has parentheses of its own: "(for monitor)"
+    assert (e.value.status, e.value.strerror) == (2, "Invalid argument")
+    with pytest.raises(ubus_mod.UbusError) as e:
+        c.call("nosuchobject", "get", {})
+    assert (e.value.status, e.value.strerror) == (4, "Not found")  # exit 4, not 256 - 4
+    with pytest.raises(ubus_mod.UbusError) as e:
+        c.call("uci", "set", {"config": "firewall", "section": "nope", "values": {"a": "b"}})
+    assert e.value.status == 4
+    with pytest.raises(ubus_mod.UbusError) as e:
+        ubus_mod.CliUbus(os.path.join(BIN, "ubus"), double.path + ".gone").call("uci", "changes", {})
+    assert e.value.status == ubus_mod.CONNECTION_FAILED
+
+
+def test_forwarding_names_that_collide_are_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"section 'a_to_b', option 'forward_to', value 'c'.*"
+                                          r"forwarding a -> b_to_c \(section 'a', option 'forward_to'\).*"
+                                          r"wgagent_fwd_a_to_b_to_c"):
+        load(tmp_path, "config zone 'a'\n\tlist forward_to 'b_to_c'\n\nconfig zone 'b_to_c'\n\n"
+                       "config zone 'a_to_b'\n\tlist forward_to 'c'\n\nconfig zone 'c'\n")
+    # the same pair asked for from both ends is one section, not a collision
+    got = sections_of(tmp_path, "config zone 'a'\n\tlist forward_to 'b'\n\nconfig zone 'b'\n\tlist forward_from 'a'\n")
+    assert [s.name for s in got].count("wgagent_fwd_a_to_b") == 1
+
+
+def test_zone_references_warned_at_load(tmp_path):
+    cfg = load(tmp_path, "config zone 'wg0'\n\tlist forward_to 'lan'\n\tlist forward_to 'guest'\n\n"
+                         "config nat 'n'\n\toption src_ip '10.0.31.0/24'\n\toption dest 'dmz'\n")
+    assert any("section 'wg0', option 'forward_to', value 'guest'" in w for w in cfg.warnings)
+    assert any("section 'n', option 'dest', value 'dmz'" in w for w in cfg.warnings)
+    assert not any("'lan'" in w for w in cfg.warnings)
+
+
+def test_write_time_zone_checks(tmp_path, double, client):
+    # a zone 'wg0' of the user's own: wgagent's zone of that name would be a second one
+    with open(os.path.join(double.uci.confdir, "firewall"), "a") as f:
+        f.write("\nconfig zone 'mine'\n\toption name 'wg0'\n\nconfig zone\n\toption name 'guest'\n")
+    cfg = load(tmp_path, "config zone 'wg0'\n\tlist forward_to 'lan'\n\n"
+                         "config zone 'wg1'\n\tlist forward_to 'guest'\n\tlist forward_to 'dmz'\n")
+    result = firewall.FirewallWriter(client).sync(firewall.desired_sections(cfg))
+    names = [s[1] for s in file_sections(double)]
+    assert "wgagent_zone_wg0" not in names and "wgagent_fwd_wg0_to_lan" not in names
+    assert "wgagent_zone_wg1" in names and "wgagent_fwd_wg1_to_guest" in names
+    assert any("zone 'wg0'" in w and "already has a zone" in w for w in result.warnings)
+    assert any("zone 'dmz'" in w and "wgagent_fwd_wg1_to_dmz" in w for w in result.warnings)
+    assert not any("'guest'" in w for w in result.warnings)
+
+
+def owned_in_file(double):
+    return sorted((s[1], s[0], repr(s[2])) for s in file_sections(double) if (s[1] or "").startswith(OWNED_PREFIX))
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["foreign change mid-pass", "and then a failure"])
+def test_a_foreign_change_mid_pass_keeps_ours_off_their_commit(tmp_path, double, client, fail):
+    w = firewall.FirewallWriter(client)
+    w.sync(firewall.desired_sections(op_config(tmp_path, "op1")))
+    before = owned_in_file(double)
+    staged = []
+
+    def somebody(method, args):  # LuCI saves an edit while wgagent writes
+        if method in ("delete", "set") and not staged:
+            staged.append(1)
+            with open(os.path.join(double.uci.savedir, "firewall"), "a") as f:
+                f.write("firewall.lan.input='DROP'\n")
+
+    double.uci.after_call = somebody
+    if fail:
+        double.uci.fail_after = 2
+    smaller = load(tmp_path, "config zone 'wg0'\n\tlist forward_to 'lan'\n\toption masq '1'\n")
+    first = len(double.uci.calls)
+    with pytest.raises(ubus_mod.UbusError if fail else ForeignPending):
+        w.sync(firewall.desired_sections(smaller))
+    double.uci.after_call = None
+    assert staged and "commit" not in [m for m, _ in double.uci.calls[first:]]
+    assert "revert" not in [m for m, _ in double.uci.calls[first:]]  # that would drop their edit
+    # their change is still staged, and their commit carries nothing of ours
+    assert ["set", "lan", "input", "DROP"] in client.call("uci", "changes", {"config": "firewall"})["changes"]
+    client.call("uci", "commit", {"config": "firewall"})
+    assert owned_in_file(double) == before
+    assert next(s for s in file_sections(double) if s[1] == "lan")[2]["input"] == "DROP"
+
+
+def test_the_firewall_thread_survives_any_exception(tmp_path, double, client):
+    events = []
+    synced = threading.Event()
+
+    class Log:
+        def _log(self, level, event, **kw):
+            events.append((level, event, kw))
+            if event == "firewall_synced":
+                synced.set()
+
+        def info(self, event, **kw):
+            self._log("info", event, **kw)
+
+        def warning(self, event, **kw):
+            self._log("warning", event, **kw)
+
+        def error(self, event, **kw):
+            self._log("error", event, **kw)
+
+        def debug(self, event, **kw):
+            self._log("debug", event, **kw)
+
+    calls = []
+
+    def connect(sock):
+        calls.append(sock)
+        if len(calls) == 1:
+            class Broken:
+                def call(self, *a, **kw):
+                    raise ValueError("a bug")
+            return Broken()
+        return client
+
+    sync = firewall.FirewallSync(op_config(tmp_path, "op1"), Log(), connect=connect)
+    sync.BACKOFF = (0.05,)
+    sync.start()
+    try:
+        assert synced.wait(60)
+    finally:
+        sync.stop()
+    failed = [e for e in events if e[1] == "firewall_failed"]
+    assert failed and failed[0][0] == "error" and "ValueError: a bug" in failed[0][2]["error"]
+    assert any(e[1] == "firewall_traceback" and "ValueError" in e[2]["traceback"] for e in events)
+
+
+def test_status_shows_leftover_sections_without_zones(tmp_path, double, client):
+    from wgagent import cli
+
+    firewall.FirewallWriter(client).sync(firewall.desired_sections(op_config(tmp_path, "op1")))
+    cfg = load(tmp_path, f"config agent 'main'\n\toption ubus_socket '{double.path}'\n")
+    st = cli.firewall_status(cfg)
+    assert st["sections"] and {s["state"] for s in st["sections"]} == {"stale"}
+    if os.geteuid() == 0:  # gather_status reads the kernel's routes and rules (netlink)
+        assert cli.gather_status(cfg)["firewall"] == st
+
+
+def test_status_without_ubus_and_zones_says_nothing(tmp_path, monkeypatch):
+    from wgagent import cli
+
+    monkeypatch.setattr(ubus_mod, "connect", lambda sock="", threaded=False: None)
+    assert cli.firewall_status(load(tmp_path, "config agent 'main'\n")) is None
+
+
+# --- transports: the GIL, reconnection
+
+
+def test_the_firewall_thread_takes_the_cli_where_both_exist(tmp_path, double, monkeypatch):
+    monkeypatch.syspath_prepend(PYMOD)
+    sys.modules.pop("ubus", None)
+    monkeypatch.setattr(ubus_mod, "_python_client", None)
+    monkeypatch.setenv("PATH", BIN + os.pathsep + os.environ["PATH"])
+    try:
+        sync = firewall.FirewallSync(op_config(tmp_path, "op1"), None)
+        assert sync.connect(double.path).name == "ubus-cli"  # its waits leave the GIL free
+        assert ubus_mod.connect(double.path).name == "python-ubus"  # one-shot commands
+    finally:
+        sys.modules.pop("ubus", None)
+
+
+def _longest_pause_of_another_thread(client, seconds: float) -> float:
+    """Run one call in a thread (as the firewall thread does) while this thread ticks;
+    the longest gap between ticks is how long the route loop would stand still."""
+    t = threading.Thread(target=client.call, args=("uci", "changes", {"config": "firewall"}), kwargs={"timeout": 30})
+    last, longest = time.monotonic(), 0.0
+    t.start()
+    while t.is_alive():
+        time.sleep(0.01)
+        now = time.monotonic()
+        longest, last = max(longest, now - last), now
+    return longest
+
+
+def test_a_slow_rpcd_leaves_the_route_loop_running(tmp_path, monkeypatch):
+    confdir = tmp_path / "config"
+    confdir.mkdir()
+    (confdir / "firewall").write_text(open(os.path.join(DATA, "firewall.base")).read())
+    sock = str(tmp_path / "ubus.sock")
+    # the double in a process of its own: python-ubus's call keeps this one's GIL
+    proc = subprocess.Popen([sys.executable, "-m", "tests.ubus_double.server", sock, str(confdir), "--delay", "4",
+                             "--savedir", str(tmp_path / "delta")],
+                            cwd=os.path.dirname(HERE), stdout=subprocess.PIPE, text=True)
+    monkeypatch.syspath_prepend(PYMOD)
+    sys.modules.pop("ubus", None)
+    monkeypatch.setattr(ubus_mod, "_python_client", None)
+    monkeypatch.setenv("PATH", BIN + os.pathsep + os.environ["PATH"])
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        cli_client = firewall.FirewallSync(op_config(tmp_path, "op1"), None).connect(sock)
+        assert cli_client.name == "ubus-cli"
+        assert _longest_pause_of_another_thread(cli_client, 4) < 2.0
+        # the same through python-ubus: the other thread stands still for the whole call
+        py = ubus_mod.connect(sock)
+        assert py.name == "python-ubus"
+        sys.modules["ubus"].hold_gil = True
+        assert _longest_pause_of_another_thread(py, 4) > 3.0
+    finally:
+        mod = sys.modules.pop("ubus", None)
+        if mod is not None and mod.get_connected():
+            mod.disconnect()
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_python_ubus_reconnects_after_ubusd_restarts_and_follows_the_socket(tmp_path, monkeypatch):
+    confdir = tmp_path / "config"
+    confdir.mkdir()
+    (confdir / "firewall").write_text(open(os.path.join(DATA, "firewall.base")).read())
+    monkeypatch.syspath_prepend(PYMOD)
+    sys.modules.pop("ubus", None)
+    monkeypatch.setattr(ubus_mod, "_python_client", None)
+    sock = str(tmp_path / "ubus.sock")
+    d = UbusDouble(sock, str(confdir), str(tmp_path / "delta"))
+    other = None
+    try:
+        c = ubus_mod.connect(sock)
+        assert c.name == "python-ubus"
+        assert c.call("uci", "changes", {"config": "firewall"}) == {"changes": []}
+        d.close()  # ubusd restarts: the module's connection is dead
+        d = UbusDouble(sock, str(confdir), str(tmp_path / "delta"))
+        assert c.call("uci", "changes", {"config": "firewall"}) == {"changes": []}
+        # a reload with another ubus_socket: the next call goes there
+        other = UbusDouble(str(tmp_path / "other.sock"), str(confdir), str(tmp_path / "delta2"))
+        c2 = ubus_mod.connect(other.path)
+        assert c2.call("uci", "changes", {"config": "firewall"}) == {"changes": []}
+        assert other.uci.calls and sys.modules["ubus"].get_socket_path() == other.path
+    finally:
+        mod = sys.modules.pop("ubus", None)
+        if mod is not None and mod.get_connected():
+            mod.disconnect()
+        d.close()
+        if other is not None:
+            other.close()
+
+
+# --- netifd: network -> device
+
+
+def test_netifd_resolve(double, client):
+    from wgagent import netifd
+
+    double.add_interface("wan", proto="pppoe", device="eth1", l3_device="pppoe-wan")
+    double.add_interface("lan", device="br-lan")
+    double.add_interface("wwan", proto="dhcp", device="wlan0", up=False)
+    assert netifd.resolve("wan", client) == "pppoe-wan"  # the device packets leave by
+    assert netifd.resolve("lan", client) == "br-lan"
+    with pytest.raises(netifd.ResolveError, match="network 'wwan' is down"):
+        netifd.resolve("wwan", client)  # not its configured wlan0
+    with pytest.raises(netifd.ResolveError, match="network 'nope' unknown to netifd"):
+        netifd.resolve("nope", client)
+    with pytest.raises(netifd.ResolveError, match="no ubus here"):
+        netifd.resolve("wan", None)

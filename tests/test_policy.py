@@ -281,7 +281,7 @@ ETH = {"eth0": Link(2, "eth0", "", True)}
 ADDRS = {"eth0": [("198.51.100.2", 24)]}
 GWS = {("eth0", AF_INET): "198.51.100.1"}
 TIMEOUT = "cannot resolve network 'wan': ubus call network.interface.wan status failed (Request timed out)"
-NO_DEVICE = "network 'wan' has no device now (up: False)"
+NO_DEVICE = "network 'wan' is down (device none)"
 
 RESOLUTIONS = [
     # name, links, resolution, last device, expected (device, present, error, stale)
@@ -429,6 +429,9 @@ def test_resolution_does_not_wait_behind_a_slow_firewall_call():
     class Module:  # python-ubus, with rpcd stuck in the firewall's call
         def get_connected(self):
             return True
+
+        def get_socket_path(self):
+            return "/var/run/ubus/ubus.sock"
 
         def call(self, obj, method, args, timeout):
             if obj == "uci":

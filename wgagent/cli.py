@@ -115,8 +115,9 @@ def gather_status(cfg) -> dict:
     described = set(desired.routes) | set(desired.path_routes) | {r for v in desired.verdicts for r in v.routes}
     out["other_owned_routes"] = [f"{r.prefix} dev {r.ifname} table {r.table}" for r in sorted(view.owned - described)]
     out["owned_rules"] = sorted(r.describe() for r in view.rules)
-    if cfg.zones or cfg.nats:
-        out["firewall"] = firewall_status(cfg)
+    fw = firewall_status(cfg)
+    if fw is not None:
+        out["firewall"] = fw
     return out
 
 
@@ -213,21 +214,26 @@ def cmd_firewall(args) -> int:
     return EXIT_OK
 
 
-def firewall_status(cfg) -> dict:
+def firewall_status(cfg) -> dict | None:
+    """The owned sections and whether they match; None where there is nothing to
+    show (no zones or nats configured and no ubus to find leftovers through)."""
     from . import firewall, ubus
 
-    desired = firewall.desired_sections(cfg)
-    out = {"transport": None, "sections": [], "error": None}
     client = ubus.connect(cfg.agent.ubus_socket)
+    if client is None and not (cfg.zones or cfg.nats):
+        return None
+    out = {"transport": None, "sections": [], "error": None}
     if client is None:
         out["error"] = "no ubus here"
         return out
     out["transport"] = client.name
     try:
-        owned = firewall.FirewallWriter(client).read_owned()
+        reply = client.call("uci", "get", {"config": firewall.CONFIG})
     except OSError as e:
         out["error"] = str(e)
         return out
+    owned = firewall.owned_from_get(reply)
+    desired, out["warnings"] = firewall.check_zones(firewall.desired_sections(cfg), firewall.foreign_zones(reply))
     p = firewall.plan(desired, owned)
     differ = {s.name for s in p.create + p.retype} | {s.name for s, _, _ in p.update}
     for s in desired:

@@ -446,6 +446,7 @@ def build(path: str, raw_sections: list[RawSection], tables: dict[str, int] | No
             raise ConfigError(path, p.name, "public_key", p.public_key,
                               f"the same peer is already configured in section '{seen[key]}'")
         seen[key] = p.name
+    _check_zones(path, zones, nats, warnings)
     return Config(path=path, agent=agent, interfaces=tuple(interfaces.values()), peers=tuple(peers),
                   return_paths=tuple(return_paths), zones=tuple(zones), nats=tuple(nats),
                   warnings=tuple(warnings), tables=tables)
@@ -461,6 +462,40 @@ def _zone(path: str, label: str, values: dict) -> ZoneConfig:
         if label in values.get(option, ()):
             raise ConfigError(path, label, option, list(values[option]), "a zone cannot forward to itself")
     return ZoneConfig(name=label, **values)
+
+
+USUAL_ZONES = ("lan", "wan")  # in every stock /etc/config/firewall
+
+
+def _check_zones(path: str, zones: list[ZoneConfig], nats: list[NatConfig], warnings: list[str]) -> None:
+    """Forwarding section names must not collide (wgagent_fwd_<src>_to_<dest>: 'a' to
+    'b_to_c' and 'a_to_b' to 'c' would be one section, rewritten on every pass), and
+    a zone reference that names neither a wgagent zone nor lan/wan is worth a warning:
+    the firewall config, where it may live, is only read at write time."""
+    known = {z.name for z in zones} | set(USUAL_ZONES)
+    names: dict[str, tuple[str, str, str, str]] = {}  # section name -> (src, dest, zone, option)
+    for z in zones:
+        pairs = [(z.name, d, "forward_to") for d in z.forward_to] + [(s, z.name, "forward_from") for s in z.forward_from]
+        for src, dest, option in pairs:
+            name = f"{src}_to_{dest}"
+            other = names.get(name)
+            if other is not None and other[:2] != (src, dest):
+                raise ConfigError(path, z.name, option, dest if option == "forward_to" else src,
+                                  f"forwarding {src} -> {dest} and forwarding {other[0]} -> {other[1]} "
+                                  f"(section '{other[2]}', option '{other[3]}') would both be the firewall "
+                                  f"section wgagent_fwd_{name}; rename one of the zones")
+            names.setdefault(name, (src, dest, z.name, option))
+        refs = [("forward_to", r) for r in z.forward_to] + [("forward_from", r) for r in z.forward_from]
+        if z.allow_port:
+            refs.append(("allow_from", z.allow_from))
+        for option, ref in refs:
+            if ref not in known:
+                warnings.append(f"{path}: section '{z.name}', option '{option}', value '{ref}': not a wgagent "
+                                "zone nor lan/wan; it must exist in /etc/config/firewall (checked when written)")
+    for n in nats:
+        if n.dest and n.dest not in known:
+            warnings.append(f"{path}: section '{n.name}', option 'dest', value '{n.dest}': not a wgagent zone "
+                            "nor lan/wan; it must exist in /etc/config/firewall (checked when written)")
 
 
 def _nat(path: str, label: str, values: dict) -> NatConfig:

@@ -25,10 +25,11 @@ class Section:
     name: str
     type: str
     values: tuple  # (option, value) pairs in writing order; a list value is a tuple
+    zone: str = field(default="", compare=False)  # the wgagent zone it is written for
 
     @staticmethod
-    def make(name: str, stype: str, values: Values) -> "Section":
-        return Section(name, stype, tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in values.items()))
+    def make(name: str, stype: str, values: Values, zone: str = "") -> "Section":
+        return Section(name, stype, tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in values.items()), zone)
 
     def as_dict(self) -> Values:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.values}
@@ -37,22 +38,23 @@ class Section:
 def desired_sections(cfg: Config) -> list[Section]:
     """The sections fw4 needs for the configured zones and NAT, in a stable order."""
     out: list[Section] = []
+    seen: set[str] = set()  # a -> b asked for by both zones (forward_to and forward_from) is one section
     for z in cfg.zones:
         out.append(Section.make(f"{OWNED_PREFIX}zone_{z.name}", "zone", {
             "name": z.name, "network": list(z.networks), "input": z.input, "output": z.output,
             "forward": z.forward, "masq": _b(z.masq), "masq_allow_invalid": _b(z.masq_allow_invalid),
-            "mtu_fix": _b(z.mtu_fix)}))
-        for dest in z.forward_to:
-            out.append(Section.make(f"{OWNED_PREFIX}fwd_{z.name}_to_{dest}", "forwarding",
-                                    {"src": z.name, "dest": dest}))
-        for src in z.forward_from:
-            out.append(Section.make(f"{OWNED_PREFIX}fwd_{src}_to_{z.name}", "forwarding",
-                                    {"src": src, "dest": z.name}))
+            "mtu_fix": _b(z.mtu_fix)}, z.name))
+        # config.build rejects pairs whose names collide (a -> b_to_c, a_to_b -> c)
+        for src, dest in [(z.name, d) for d in z.forward_to] + [(s, z.name) for s in z.forward_from]:
+            name = f"{OWNED_PREFIX}fwd_{src}_to_{dest}"
+            if name not in seen:
+                seen.add(name)
+                out.append(Section.make(name, "forwarding", {"src": src, "dest": dest}, z.name))
         if z.allow_port:
             # fw4: a rule has no default target, so it is always written
             out.append(Section.make(f"{OWNED_PREFIX}rule_{z.name}_port", "rule", {
                 "name": f"wgagent-{z.name}-wireguard", "src": z.allow_from, "proto": "udp",
-                "dest_port": str(z.allow_port), "target": "ACCEPT"}))
+                "dest_port": str(z.allow_port), "target": "ACCEPT"}, z.name))
     for n in cfg.nats:
         values: Values = {"name": f"wgagent-{n.name}", "family": n.family, "proto": "all",
                           "src_ip": n.src_ip, "target": n.target}
@@ -91,6 +93,38 @@ def owned_from_get(reply: dict) -> dict[str, tuple[str, Values]]:
     return out
 
 
+def foreign_zones(reply: dict) -> set[str]:
+    """The zone names (option name) of zone sections wgagent does not own: the only
+    thing read from them, to check references and clashes."""
+    return {str(body.get("name")) for name, body in (reply.get("values") or {}).items()
+            if not name.startswith(OWNED_PREFIX) and body.get(".type") == "zone" and body.get("name")}
+
+
+def check_zones(desired: list[Section], existing: set[str]) -> tuple[list[Section], list[str]]:
+    """Drop the sections of a wgagent zone whose name an existing zone already has
+    (fw4 would see two zones of one name), and name every referenced zone that
+    exists nowhere. Returns (sections to write, warnings)."""
+    warnings = []
+    clash = {s.zone for s in desired if s.type == "zone" and s.as_dict()["name"] in existing}
+    for zone in sorted(clash):
+        warnings.append(f"zone '{zone}': /etc/config/firewall already has a zone of that name; "
+                        "wgagent's zone and its forwardings and rule are not written")
+    keep = [s for s in desired if s.zone not in clash]
+    ours = {s.as_dict()["name"] for s in keep if s.type == "zone"}
+    missing: dict[str, list[str]] = {}
+    for s in keep:
+        v = s.as_dict()
+        refs = [v.get("src"), v.get("dest")] if s.type in ("forwarding", "rule") else \
+            [v.get("src")] if s.type == "nat" else []
+        for ref in refs:
+            if ref and ref != "*" and ref not in ours and ref not in existing:
+                missing.setdefault(ref, []).append(s.name)
+    for ref, names in sorted(missing.items()):
+        warnings.append(f"zone '{ref}' (used by {', '.join(names)}) is not in /etc/config/firewall: "
+                        "fw4 will skip those sections")
+    return keep, warnings
+
+
 def plan(desired: list[Section], owned: dict[str, tuple[str, Values]]) -> Plan:
     p = Plan()
     want = {s.name: s for s in desired}
@@ -123,6 +157,12 @@ class SyncResult:
     created: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)  # the owned sections now in step
+
+
+def _foreign(changes: list) -> list:
+    return [c for c in changes if not str(c[1]).startswith(OWNED_PREFIX)]
 
 
 class FirewallWriter:
@@ -140,41 +180,71 @@ class FirewallWriter:
 
     def sync(self, desired: list[Section]) -> SyncResult:
         """Make the owned sections equal to desired: one commit, or none when equal.
-        Raises ForeignPending, or UbusError after reverting its own staged changes."""
+        Raises ForeignPending, or UbusError after taking back its own staged changes."""
         pending = self._pending()
         if pending:
-            if any(not str(change[1]).startswith(OWNED_PREFIX) for change in pending):
+            if _foreign(pending):
                 raise ForeignPending(f"{len(pending)} uncommitted change(s) to /etc/config/{CONFIG} "
                                      "by another tool (uci set without commit, an open LuCI edit)")
             self._call("revert")  # only our own leftovers (an earlier pass that died midway)
-        p = plan(desired, self.read_owned())
+        reply = self._call("get")
+        owned = owned_from_get(reply)
+        desired, warnings = check_zones(desired, foreign_zones(reply))
+        p = plan(desired, owned)
+        written = [s.name for s in desired]
         if not p:
-            return SyncResult(False)
+            return SyncResult(False, warnings=warnings, written=written)
+        touched: list[str] = []
         try:
             for name in p.delete + [s.name for s in p.retype]:
+                touched.append(name)
                 self._call("delete", section=name)
             for s in p.create + p.retype:
                 # a named add is an upsert that APPENDS to lists: create the bare
                 # section, then set the values (set replaces lists)
+                touched.append(s.name)
                 self._call("add", type=s.type, name=s.name)
                 self._call("set", section=s.name, values=s.as_dict())
             for s, to_set, to_delete in p.update:
+                touched.append(s.name)
                 if to_set:
                     self._call("set", section=s.name, values=to_set)
                 if to_delete:
                     self._call("delete", section=s.name, options=to_delete)
-            if any(not str(c[1]).startswith(OWNED_PREFIX) for c in self._pending()):
-                # somebody staged a change while we worked: our part stays staged,
-                # theirs is not ours to commit
-                raise ForeignPending("another tool staged changes while wgagent was writing")
+            if _foreign(self._pending()):
+                # somebody staged a change while we worked: theirs is not ours to
+                # commit, and ours must not ride on their commit
+                self._take_back(touched, owned)
+                raise ForeignPending("another tool staged changes while wgagent was writing; wgagent's own "
+                                     "changes were taken back and are written on the next pass")
             self._call("commit")
         except ForeignPending:
             raise
         except OSError:
-            self._call("revert")
+            self._take_back(touched, owned)
             raise
         return SyncResult(True, [s.name for s in p.create], [s.name for s, _, _ in p.update] +
-                          [s.name for s in p.retype], p.delete)
+                          [s.name for s in p.retype], p.delete, warnings, written)
+
+    def _take_back(self, touched: list[str], before: dict[str, tuple[str, Values]]) -> None:
+        """Undo our staged changes. rpcd reverts only a whole config, so revert while
+        the delta is ours alone; with somebody else's change in it (staged during the
+        pass), stage the inverse of ours instead, so that their commit leaves our
+        sections as they were (a section we changed moves to the end of the file)."""
+        try:
+            if not _foreign(self._pending()):
+                self._call("revert")
+                return
+            for name in dict.fromkeys(touched):
+                if self._call("get", section=name):
+                    self._call("delete", section=name)
+                if name in before:
+                    stype, values = before[name]
+                    self._call("add", type=stype, name=name)
+                    if values:
+                        self._call("set", section=name, values=values)
+        except OSError:
+            pass  # rpcd gone: the pre-check of the next pass finds what is left
 
 
 def render(sections: list[Section]) -> str:
@@ -197,10 +267,12 @@ class FirewallSync:
 
         self.config = config
         self.log = log
-        self.connect = connect or ubus.connect
+        # threaded: the CLI where it exists, never python-ubus's GIL-holding call (see ubus.py)
+        self.connect = connect or (lambda sock: ubus.connect(sock, threaded=True))
         self.wake = threading.Event()
         self.stopping = False
         self.state = ""  # last logged state: "synced", "unavailable", "pending", "failed: ..."
+        self.warned: tuple = ()  # the zone warnings last logged
         self.written: set[str] = set()  # names seen in step: a missing one is a restore
         self.thread = threading.Thread(target=self._run, name="firewall", daemon=True)
 
@@ -224,12 +296,14 @@ class FirewallSync:
 
     def _run(self):
         failures = 0
-        client = None
+        client, socket = None, None
         while not self.stopping:
             self.wake.clear()
             wait = self.RESYNC
             try:
-                client = client or self.connect(self.config.agent.ubus_socket)
+                if self.config.agent.ubus_socket != socket:
+                    client, socket = None, self.config.agent.ubus_socket  # a reload changed it
+                client = client or self.connect(socket)
                 if client is None:
                     if self.config.zones or self.config.nats:
                         self._state("unavailable", "warning", detail="no ubus here (python3-ubus or the ubus "
@@ -246,11 +320,23 @@ class FirewallSync:
                 wait = self.BACKOFF[min(failures, len(self.BACKOFF) - 1)]
                 failures += 1
                 client = None  # reconnect: rpcd or ubusd may have restarted
+            except Exception as e:  # a bug must not end the thread: say so, keep trying
+                import traceback
+
+                self._state(f"failed: {type(e).__name__}: {e}", "error", error=f"{type(e).__name__}: {e}",
+                            action="retrying with backoff")
+                self.log.debug("firewall_traceback", traceback=traceback.format_exc())
+                wait = self.BACKOFF[min(failures, len(self.BACKOFF) - 1)]
+                failures += 1
+                client = None
             self.wake.wait(wait)
 
     def sync_once(self, client) -> SyncResult:
-        desired = desired_sections(self.config)
-        result = FirewallWriter(client).sync(desired)
+        result = FirewallWriter(client).sync(desired_sections(self.config))
+        if tuple(result.warnings) != self.warned:
+            self.warned = tuple(result.warnings)
+            for w in result.warnings:
+                self.log.warning("firewall_zone", detail=w)
         if result.changed:
             restored = sorted(set(result.created) & self.written)
             if restored:
@@ -258,6 +344,6 @@ class FirewallSync:
                               detail="owned sections removed by another tool were written again")
             self.log.info("firewall_committed", created=",".join(result.created) or "-",
                           updated=",".join(result.updated) or "-", deleted=",".join(result.deleted) or "-")
-        self.written = {s.name for s in desired}
-        self._state("synced", sections=len(desired))
+        self.written = set(result.written)
+        self._state("synced", sections=len(result.written))
         return result

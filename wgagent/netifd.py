@@ -9,6 +9,8 @@ that tells the user to name the device instead.
 
 from __future__ import annotations
 
+from .ubus import NOT_FOUND
+
 
 class ResolveError(LookupError):
     """transient: netifd could not be asked (ubus down or slow, or netifd restarting
@@ -27,10 +29,18 @@ def resolve(network: str, client, timeout: float = 3) -> str:
     try:
         status = client.call(f"network.interface.{network}", "status", {}, timeout=timeout)
     except OSError as e:
+        # NOT_FOUND: netifd has no such interface, or is restarting and has not
+        # registered its objects yet; either way the daemon keeps what it knew
+        if getattr(e, "status", None) == NOT_FOUND:
+            raise ResolveError(f"network '{network}' unknown to netifd ({e.strerror})", transient=True) from None
         raise ResolveError(f"cannot resolve network '{network}': ubus call network.interface.{network} status "
                            f"failed ({e.strerror})",
                            transient=True) from None
+    # netifd gives l3_device (the device packets leave by, pppoe-wan for PPPoE) only
+    # while the interface is up; "device" is the configured one and stays when down
+    if not status.get("up"):
+        raise ResolveError(f"network '{network}' is down (device {status.get('device') or 'none'})")
     device = status.get("l3_device") or status.get("device")
     if not device:
-        raise ResolveError(f"network '{network}' has no device now (up: {status.get('up')})")
+        raise ResolveError(f"network '{network}' is up but has no device")
     return device

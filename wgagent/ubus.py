@@ -4,6 +4,17 @@ host), and the caller reports that once and carries on without.
 
 Both give call(object, method, args) -> dict (the reply, {} for none) and raise
 UbusError with the ubus status code, so the writer above never knows which it has.
+
+Why a thread that must not stall the process uses the CLI: python-ubus keeps the
+GIL for the whole of ubus_invoke (it never releases it), so a slow or hung rpcd
+would freeze every thread, the route loop included, for the call's timeout. A
+`ubus` subprocess waits in the kernel with the GIL free. connect(threaded=True)
+therefore picks the CLI where the binary exists and python-ubus only where it does
+not; one-shot commands (`wgagent status`, `wgagent firewall`) take python-ubus.
+
+python-ubus keeps one module-level connection per process, which dies with ubusd:
+a call that finds it dead disconnects and connects again (once, at once), and a
+different socket path (a reload changed ubus_socket) reconnects to the new one.
 """
 
 from __future__ import annotations
@@ -17,7 +28,8 @@ STATUS_CODES = {"Invalid command": 1, "Invalid argument": 2, "Method not found":
                 "No response": 5, "Permission denied": 6, "Request timed out": 7,
                 "Operation not supported": 8, "Unknown error": 9, "Connection failed": 10,
                 "Out of memory": 11, "Parsing message data failed": 12, "System error": 13}
-NOT_FOUND = 4
+NOT_FOUND, TIMEOUT, CONNECTION_FAILED = 4, 7, 10
+STATUS_TEXT = {code: text for text, code in STATUS_CODES.items()}
 DEFAULT_SOCKET = "/var/run/ubus/ubus.sock"
 
 
@@ -28,7 +40,7 @@ class UbusError(OSError):
 
 
 class PythonUbus:
-    """python-ubus keeps one module-level connection per process: connect once, keep it."""
+    """python-ubus allows one connection per process: one client shares it."""
 
     name = "python-ubus"
 
@@ -43,22 +55,41 @@ class PythonUbus:
         if not self.lock.acquire(timeout=timeout):
             raise UbusError(7, f"ubus call {obj} {method}: connection busy for {timeout:g}s")
         try:
-            return self._call(obj, method, args, timeout)
+            try:
+                return self._call(obj, method, args, timeout)
+            except UbusError as e:
+                if e.status != CONNECTION_FAILED:
+                    raise
+            return self._call(obj, method, args, timeout)  # ubusd restarted: once more, connected afresh
         finally:
             self.lock.release()
 
+    def _drop(self):
+        try:
+            self.ubus.disconnect()
+        except RuntimeError:
+            pass  # "You are not connected to ubus."
+
     def _call(self, obj: str, method: str, args: dict, timeout: float) -> dict:
+        if self.ubus.get_connected() and self.ubus.get_socket_path() != self.socket:
+            self._drop()  # ubus_socket changed on reload
         if not self.ubus.get_connected():
             try:
                 self.ubus.connect(socket_path=self.socket)
             except (OSError, RuntimeError) as e:
-                raise UbusError(10, str(e)) from None
+                raise UbusError(CONNECTION_FAILED, str(e)) from None
         try:
             replies = self.ubus.call(obj, method, args, timeout=int(timeout * 1000))
         except RuntimeError as e:
             # "ubus error occured: Not found": the text is all python-ubus gives
             text = str(e).split(": ", 1)[-1]
-            raise UbusError(STATUS_CODES.get(text, NOT_FOUND if "not found" in text else 9), text) from None
+            if "not connected" in text:
+                status = CONNECTION_FAILED
+            else:
+                status = STATUS_CODES.get(text, NOT_FOUND if "not found" in text else 9)
+            if status in (CONNECTION_FAILED, TIMEOUT):
+                self._drop()  # the connection may be dead: the next call makes a new one
+            raise UbusError(status, text) from None
         return replies[0] if replies else {}
 
 
@@ -75,30 +106,40 @@ class CliUbus:
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 5)
         except subprocess.TimeoutExpired:
-            raise UbusError(7, f"ubus call {obj} {method}: no answer in {timeout:g}s") from None
+            raise UbusError(TIMEOUT, f"ubus call {obj} {method}: no answer in {timeout:g}s") from None
         if r.returncode != 0:
-            # stderr not a tty: "Command failed: ubus call ... (Not found)", exit 256 - status
+            # stderr not a tty: "Command failed: ubus call ... (Not found)", exit 256 - status;
+            # an unknown object: "Command failed: Not found", exit 4. The exit code is the
+            # status; the text (the usage that may follow has parentheses of its own) is
+            # only the first line, for the log.
             status = 256 - r.returncode if r.returncode > 128 else r.returncode
-            text = r.stderr.strip().rsplit("(", 1)[-1].rstrip(")") if "(" in r.stderr else r.stderr.strip()
-            raise UbusError(status, text or f"exit {r.returncode}")
+            first = (r.stderr.strip().splitlines() or [""])[0]
+            if r.returncode == 255 and first.startswith("Failed to connect"):
+                status = CONNECTION_FAILED  # cli.c returns -1: no ubusd at that socket
+            raise UbusError(status, STATUS_TEXT.get(status) or first or f"exit {r.returncode}")
         return json.loads(r.stdout) if r.stdout.strip() else {}
 
 
-_python_clients: dict[str, PythonUbus] = {}
+_python_client: PythonUbus | None = None
 
 
-def connect(socket_path: str = ""):
+def connect(socket_path: str = "", threaded: bool = False):
     """The best client here, or None. socket_path "" means ubus's default.
-    python-ubus allows one connection per process: its client is shared."""
+    threaded: for a thread beside the route loop, which must never hold the GIL
+    while waiting on rpcd (see above): the CLI first."""
+    global _python_client
+    cli = shutil.which("ubus")
+    if threaded and cli is not None:
+        return CliUbus(cli, socket_path)
     try:
         import ubus as module  # OpenWrt's python3-ubus
     except ImportError:
         module = None
     if module is not None and hasattr(module, "call"):
-        if socket_path not in _python_clients:
-            _python_clients[socket_path] = PythonUbus(module, socket_path)
-        return _python_clients[socket_path]
-    path = shutil.which("ubus")
-    if path is not None:
-        return CliUbus(path, socket_path)
+        if _python_client is None or _python_client.ubus is not module:
+            _python_client = PythonUbus(module, socket_path)
+        _python_client.socket = socket_path or DEFAULT_SOCKET  # the next call reconnects if it changed
+        return _python_client
+    if cli is not None:
+        return CliUbus(cli, socket_path)
     return None

@@ -3,42 +3,53 @@ the real rpcd in shared/openwrt/rpcd-uci/ (01..07). What it reproduces:
 
 - add with a name is an upsert: it never fails when the name exists, silently
   changes an existing section's type, and APPENDS array values to an existing list;
-  add without a name makes an anonymous cfgXXXXXX section; add to a config file that
-  does not exist is NOT_FOUND (4); a bad type, name or option name is
-  INVALID_ARGUMENT (2) and nothing of the call is applied;
+  add without a name makes an anonymous section whose id is libuci's
+  cfg<counter><hash of the type> (cfg1392bd: the 19th section, a rule), stable
+  across a commit and shifting when an earlier section goes; add to a config file
+  that does not exist is NOT_FOUND (4), add without a type INVALID_ARGUMENT (2)
+  before the config is looked at; a bad type, name or option name is
+  INVALID_ARGUMENT and nothing of the call is applied;
 - set with an array replaces the whole list (a "remove" then one "list-add" per
-  element in the delta), a scalar turns a list into an option, "" deletes the
-  option, booleans become "1"/"0" and integers their digits, while doubles, nested
-  tables and null are INVALID_ARGUMENT; set on a missing section is NOT_FOUND and
-  creates nothing;
+  element), an empty array is INVALID_ARGUMENT and changes nothing, a scalar on a
+  list is a "remove" then a "set", "" deletes the option, booleans become "1"/"0"
+  and integers their digits, while doubles, nested tables and null are
+  INVALID_ARGUMENT; set on a missing section is NOT_FOUND and creates nothing;
 - get of a missing section or option answers status 0 with no data; get of a
-  config lists every section with .anonymous/.type/.name/.index;
+  config (optionally by type and match) lists sections with
+  .anonymous/.type/.name/.index;
+- match (get, set, delete by type): a section matches when at least one match key
+  is present in it and every present key matches (a list element or a
+  whitespace-separated token of the value); keys it lacks are ignored (the trap:
+  a two-key delete takes unrelated rules); set/delete matching nothing is NOT_FOUND;
 - delete of a section, an option, or options[] (missing ones skipped, all missing
-  NOT_FOUND); delete by type+match ignores match keys a section lacks (the trap);
-- changes lists the pending delta, which lives outside the file and is shared by
-  every caller without a session (as /tmp/.uci is with the uci CLI); revert drops
-  it; commit applies it to the file (rewriting it whole, dropping # comments),
-  returns no data, leaves the file untouched when nothing is pending, and counts a
-  config.change event either way.
+  NOT_FOUND); rename of a section or option;
+- the pending delta lives in a savedir (as /tmp/.uci) in libuci's delta format
+  (`|firewall.s.o='v'` list-add, `-` remove, `+` anonymous add, `@` rename), so a
+  test can stage a foreign `uci set` by writing that file; changes lists it, revert
+  empties it, commit replays it onto the file read at that moment, rewrites the
+  file whole through a new inode in libuci's export layout (its own writer, not
+  wgagent's: the golden files check wgagent against it), drops # comments, leaves
+  the file untouched when nothing is pending, and counts a config.change event
+  either way.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
+import tempfile
 import threading
 
 from wgagent import uci
 
 OK, INVALID_COMMAND, INVALID_ARGUMENT, METHOD_NOT_FOUND, NOT_FOUND = 0, 1, 2, 3, 4
-STATUS_TEXT = {0: "Success", 1: "Invalid command", 2: "Invalid argument", 3: "Method not found",
-               4: "Not found", 5: "No response", 6: "Permission denied", 7: "Request timed out",
-               8: "Operation not supported", 9: "Unknown error", 10: "Connection failed",
-               11: "Out of memory", 12: "Parsing message data failed", 13: "System error"}
+from .wire import STATUS_TEXT  # noqa: E402,F401
 _NAME = re.compile(r"[A-Za-z0-9_]+\Z")
 _TYPE = re.compile(r"[A-Za-z0-9_-]+\Z")
 _CONFIG = re.compile(r"[A-Za-z0-9_-]+\Z")
+# libuci delta-file prefixes and the names `changes` gives them
+_PREFIX = {"": "set", "|": "list-add", "-": "remove", "+": "add", "@": "rename", "~": "list-del", "^": "order"}
+_OP_PREFIX = {v: k for k, v in _PREFIX.items()}
 
 
 class UbusStatus(Exception):
@@ -47,15 +58,36 @@ class UbusStatus(Exception):
         self.status = status
 
 
+def type_hash(stype: str) -> int:
+    """libuci's djb hash of a section type, the last four hex digits of an anonymous id."""
+    h = 5381
+    for c in stype.encode():
+        h = (h * 33 + c) & 0xFFFFFFFF
+    return (h & 0x7FFFFFFF) % 0x10000
+
+
+def anon_id(counter: int, stype: str) -> str:
+    return f"cfg{counter:02x}{type_hash(stype):04x}"
+
+
+class _Section:
+    __slots__ = ("type", "name", "anonymous", "options")
+
+    def __init__(self, stype, name, anonymous, options=None):
+        self.type, self.name, self.anonymous = stype, name, anonymous
+        self.options = options if options is not None else {}
+
+
 class RpcdUci:
-    def __init__(self, confdir: str):
+    def __init__(self, confdir: str, savedir: str | None = None):
         self.confdir = confdir
-        self.pending: dict[str, list[list]] = {}  # config -> delta (no session: shared by all)
+        self.savedir = savedir or tempfile.mkdtemp(prefix="uci-delta-")  # /tmp/.uci
+        os.makedirs(self.savedir, exist_ok=True)
         self.events: list[dict] = []  # config.change notifications sent to procd
         self.calls: list[tuple[str, dict]] = []  # every call, for tests to inspect
         self.fail_after: int | None = None  # fault injection: fail the Nth write call from now
+        self.after_call = None  # a test's hook, run after each call: another tool acting mid-pass
         self.lock = threading.Lock()
-        self._anon = itertools.count(0x1592bd)
 
     # --- dispatch
 
@@ -67,14 +99,18 @@ class RpcdUci:
             if handler is None:
                 raise UbusStatus(METHOD_NOT_FOUND)
             self.calls.append((method, args))
-            if method in ("add", "set", "delete") and self.fail_after is not None:
+            if method in ("add", "set", "delete", "rename") and self.fail_after is not None:
                 if self.fail_after == 0:
                     self.fail_after = None
                     raise UbusStatus(9)
                 self.fail_after -= 1
-            return handler(args)
+            try:
+                return handler(args)
+            finally:
+                if self.after_call is not None:
+                    self.after_call(method, args)
 
-    # --- storage: the file, and the file with the delta applied
+    # --- storage: the file, the delta in the savedir, and the file with the delta applied
 
     def _path(self, config) -> str:
         if not isinstance(config, str) or not config:
@@ -88,18 +124,35 @@ class RpcdUci:
             raise UbusStatus(NOT_FOUND)
         return path
 
-    def _file_sections(self, config: str) -> list[uci.UciSection]:
-        with open(self._path(config)) as f:
-            return uci.parse(f.read(), config)
+    def delta(self, config: str) -> list[list]:
+        """The pending changes of a config, read from its delta file."""
+        try:
+            with open(os.path.join(self.savedir, config)) as f:
+                return [_parse_delta_line(line) for line in f if line.strip()]
+        except FileNotFoundError:
+            return []
 
-    def _view(self, config: str) -> list[uci.UciSection]:
-        sections = self._file_sections(config)
-        for sec in sections:
-            if sec.name is None:
-                sec.name = f"cfg{abs(hash((config, sec.index, sec.type))) % 0xffffff:06x}"
-        for change in self.pending.get(config, []):
-            _apply(sections, change)
-        return sections
+    @property
+    def pending(self) -> dict[str, list[list]]:
+        return {c: self.delta(c) for c in sorted(os.listdir(self.savedir))}
+
+    def _stage(self, config: str, changes: list[list]):
+        with open(os.path.join(self.savedir, config), "a") as f:
+            f.writelines(_delta_line(config, c) + "\n" for c in changes)
+
+    def _view(self, config: str) -> tuple[list[_Section], int]:
+        """Sections of the file with the delta replayed, and libuci's section counter."""
+        with open(self._path(config)) as f:
+            parsed = uci.parse(f.read(), config)
+        sections = []
+        for i, s in enumerate(parsed, 1):
+            anonymous = s.name is None
+            sections.append(_Section(s.type, anon_id(i, s.type) if anonymous else s.name, anonymous,
+                                     {k: list(v) if isinstance(v, list) else v for k, v in s.options.items()}))
+        counter = len(sections)
+        for change in self.delta(config):
+            counter += _apply(sections, change)
+        return sections, counter
 
     @staticmethod
     def _find(sections, name):
@@ -131,18 +184,25 @@ class RpcdUci:
         for opt, v in values.items():
             if not _NAME.match(opt):
                 raise UbusStatus(INVALID_ARGUMENT)
+            old = existing.options.get(opt) if existing is not None else None
             if isinstance(v, list):
                 items = [self._value(x) for x in v]
-                if replace_lists and existing is not None and opt in existing.options:
-                    out.append(["remove", name, opt])
+                if replace_lists:
+                    if not items:
+                        raise UbusStatus(INVALID_ARGUMENT)  # recorded: 254, the list unchanged
+                    if old is not None:
+                        out.append(["remove", name, opt])
                 out += [["list-add", name, opt, x] for x in items]
-            else:
-                value = self._value(v)
-                out.append(["remove", name, opt] if value == "" else ["set", name, opt, value])
+                continue
+            value = self._value(v)
+            if value == "":
+                if old is not None:  # libuci: "" deletes; nothing to delete, nothing recorded
+                    out.append(["remove", name, opt])
+                continue
+            if isinstance(old, list):
+                out.append(["remove", name, opt])  # recorded: a list becomes an option
+            out.append(["set", name, opt, value])
         return out
-
-    def _stage(self, config: str, changes: list[list]):
-        self.pending.setdefault(config, []).extend(changes)
 
     # --- methods
 
@@ -150,30 +210,30 @@ class RpcdUci:
         return {"configs": sorted(os.listdir(self.confdir))}
 
     def m_get(self, args):
-        sections = self._view(args.get("config"))
+        sections, _ = self._view(args.get("config"))
         if "section" not in args:
-            want_type = args.get("type")
+            want_type, match = args.get("type"), args.get("match")
             return {"values": {s.name: _values(s, i) for i, s in enumerate(sections)
-                               if want_type is None or s.type == want_type}}
+                               if (want_type is None or s.type == want_type) and _matches(s, match)}}
         sec = self._find(sections, args["section"])
         if sec is None:
             return None
         if "option" in args:
             value = sec.options.get(args["option"])
-            return None if value is None else {"value": value}
-        v = _values(sec, None)
-        return {"values": v}
+            return None if value is None else {"value": list(value) if isinstance(value, list) else value}
+        return {"values": _values(sec, None)}
 
     def m_add(self, args):
         config, stype, name = args.get("config"), args.get("type"), args.get("name")
-        if not isinstance(stype, str) or not _TYPE.match(stype):
-            self._path(config)
+        if not isinstance(config, str) or not isinstance(stype, str):
+            raise UbusStatus(INVALID_ARGUMENT)  # required arguments, before the config is loaded
+        sections, counter = self._view(config)
+        if not _TYPE.match(stype):
             raise UbusStatus(INVALID_ARGUMENT)
-        sections = self._view(config)
         if name is not None and (not isinstance(name, str) or not _NAME.match(name)):
             raise UbusStatus(INVALID_ARGUMENT)
         if name is None:
-            name = f"cfg{next(self._anon):06x}"
+            name = anon_id(counter + 1, stype)
             head = [["add", name, stype]]
             existing = None
         else:
@@ -186,19 +246,19 @@ class RpcdUci:
 
     def m_set(self, args):
         config, section, values = args.get("config"), args.get("section"), args.get("values")
-        if values is None or (section is None and "type" not in args):
+        if not isinstance(config, str) or values is None or (section is None and "type" not in args):
             raise UbusStatus(INVALID_ARGUMENT)
         if section is not None and (not isinstance(section, str)
                                     or not (_NAME.match(section) or section.startswith("@"))):
             raise UbusStatus(INVALID_ARGUMENT)
-        sections = self._view(config)
+        sections, _ = self._view(config)
         if section is None:  # type + match: every matching section
-            targets = [s for s in sections if s.type == args["type"] and _matches(s, args.get("match", {}))]
+            targets = [s for s in sections if s.type == args["type"] and _matches(s, args.get("match"))]
         else:
             sec = self._find(sections, section)
-            if sec is None:
-                raise UbusStatus(NOT_FOUND)
-            targets = [sec]
+            targets = [sec] if sec is not None else []
+        if not targets:
+            raise UbusStatus(NOT_FOUND)
         changes = []
         for sec in targets:
             changes += self._changes_for_values(sec.name, values, sec, replace_lists=True)
@@ -206,16 +266,14 @@ class RpcdUci:
         return None
 
     def m_delete(self, args):
-        config = args.get("config")
-        section = args.get("section")
-        if section is None and "type" not in args:
-            self._path(config)
+        config, section = args.get("config"), args.get("section")
+        if not isinstance(config, str) or (section is None and "type" not in args):
             raise UbusStatus(INVALID_ARGUMENT)
-        sections = self._view(config)
+        sections, _ = self._view(config)
         if section is None:
-            # the recorded trap: match keys that a section lacks are ignored
-            targets = [s for s in sections if s.type == args["type"]
-                       and all(s.options.get(k) in (None, v) for k, v in args.get("match", {}).items())]
+            targets = [s for s in sections if s.type == args["type"] and _matches(s, args.get("match"))]
+            if not targets:
+                raise UbusStatus(NOT_FOUND)
             self._stage(config, [["remove", s.name] for s in targets])
             return None
         sec = self._find(sections, section)
@@ -234,56 +292,121 @@ class RpcdUci:
             self._stage(config, [["remove", sec.name]])
         return None
 
+    def m_rename(self, args):
+        config, section, name = args.get("config"), args.get("section"), args.get("name")
+        if not isinstance(config, str) or not isinstance(section, str) or not isinstance(name, str):
+            raise UbusStatus(INVALID_ARGUMENT)
+        sections, _ = self._view(config)
+        sec = self._find(sections, section)
+        if sec is None:
+            raise UbusStatus(NOT_FOUND)
+        if not _NAME.match(name):
+            raise UbusStatus(INVALID_ARGUMENT)
+        if "option" in args:
+            if args["option"] not in sec.options:
+                raise UbusStatus(NOT_FOUND)
+            self._stage(config, [["rename", sec.name, args["option"], name]])
+        else:
+            self._stage(config, [["rename", sec.name, name]])
+        return None
+
     def m_changes(self, args):
         if "config" not in args:
             return {"changes": {c: d for c, d in self.pending.items() if d}}
         self._path(args["config"])
-        return {"changes": list(self.pending.get(args["config"], []))}
+        return {"changes": self.delta(args["config"])}
 
     def m_revert(self, args):
         self._path(args.get("config"))
-        self.pending.pop(args["config"], None)
+        open(os.path.join(self.savedir, args["config"]), "w").close()
         return None
 
     def m_commit(self, args):
         config = args.get("config")
         path = self._path(config)
-        if self.pending.get(config):
-            sections = self._view(config)
-            for s in sections:  # anonymous sections stay anonymous in the file
-                if s.name and re.match(r"cfg[0-9a-f]{6}\Z", s.name):
-                    s.name = None
+        if self.delta(config):
+            sections, _ = self._view(config)
             tmp = path + ".tmp"
             with open(tmp, "w") as f:
-                f.write("\n" + uci.render(sections))
+                f.write(export(sections))
             os.replace(tmp, path)  # a new inode, as rpcd's temp file + rename
-            self.pending[config] = []
+            open(os.path.join(self.savedir, config), "w").close()  # recorded: an empty delta file stays
         self.events.append({"type": "config.change", "data": {"package": config}})
         return None
 
 
-def _values(sec: uci.UciSection, index) -> dict:
-    out = {".anonymous": bool(re.match(r"cfg[0-9a-f]{6}\Z", sec.name or "")), ".type": sec.type, ".name": sec.name}
+def export(sections) -> str:
+    """libuci's export layout as a commit writes it (no 'package' line): each section
+    opens with a blank line, values in single quotes with ' as '\\'', a final newline."""
+    def q(v: str) -> str:
+        return "'" + v.replace("'", "'\\''") + "'"
+
+    out = []
+    for s in sections:
+        out.append(f"\nconfig {s.type}" + ("" if s.anonymous else f" {q(s.name)}") + "\n")
+        for k, v in s.options.items():
+            for item in (v if isinstance(v, list) else [v]):
+                out.append(f"\t{'list' if isinstance(v, list) else 'option'} {k} {q(item)}\n")
+    out.append("\n")
+    return "".join(out)
+
+
+def _delta_line(config: str, change: list) -> str:
+    op, rest = change[0], change[1:]
+    if op in ("set", "add", "list-add", "rename", "list-del") and len(rest) in (2, 3):
+        path, value = ".".join([config] + rest[:-1]), rest[-1]
+        return f"{_OP_PREFIX[op]}{path}='" + value.replace("'", "'\\''") + "'"
+    return _OP_PREFIX[op] + ".".join([config] + rest)
+
+
+def _parse_delta_line(line: str) -> list:
+    line = line.rstrip("\n")
+    prefix = line[0] if line[0] in "|-+@~^" else ""
+    body = line[len(prefix):]
+    path, eq, value = body.partition("=")
+    parts = path.split(".")[1:]
+    if eq:
+        # libuci quoting: '...' pieces, '\'' for a quote
+        parts.append("".join(a if a or not b else b for a, b in re.findall(r"'([^']*)'|\\(.)", value)))
+    return [_PREFIX[prefix]] + parts
+
+
+def _values(sec: _Section, index) -> dict:
+    out = {".anonymous": sec.anonymous, ".type": sec.type, ".name": sec.name}
     if index is not None:
         out[".index"] = index
     out.update({k: (list(v) if isinstance(v, list) else v) for k, v in sec.options.items()})
     return out
 
 
-def _matches(sec, match: dict) -> bool:
-    return all(sec.options.get(k) == v for k, v in match.items())
+def _matches(sec: _Section, match) -> bool:
+    """rpcd's rpc_uci_match_section: keys the section lacks are ignored, at least one
+    must be present, and every present one must match an element or a token."""
+    if not match:
+        return True
+    present = False
+    for key, want in match.items():
+        have = sec.options.get(key)
+        if have is None:
+            continue
+        present = True
+        if str(want) not in (have if isinstance(have, list) else have.split()):
+            return False
+    return present
 
 
-def _apply(sections: list[uci.UciSection], change: list):
+def _apply(sections: list[_Section], change: list) -> int:
+    """Replay one delta entry; returns 1 when it created a section (libuci's counter)."""
     op, name = change[0], change[1]
     sec = next((s for s in sections if s.name == name), None)
     if op == "add":
-        sections.append(uci.UciSection(change[2], name, 0, 0))
-    elif op == "set" and len(change) == 3:
+        sections.append(_Section(change[2], name, True))
+        return 1
+    if op == "set" and len(change) == 3:
         if sec is None:
-            sections.append(uci.UciSection(change[2], name, 0, 0))
-        else:
-            sec.type = change[2]
+            sections.append(_Section(change[2], name, False))
+            return 1
+        sec.type = change[2]
     elif op == "set" and sec is not None:
         sec.options[change[2]] = change[3]
     elif op == "list-add" and sec is not None:
@@ -299,3 +422,9 @@ def _apply(sections: list[uci.UciSection], change: list):
             sections.remove(sec)
         else:
             sec.options.pop(change[2], None)
+    elif op == "rename" and sec is not None:
+        if len(change) == 3:
+            sec.name, sec.anonymous = change[2], False
+        elif change[2] in sec.options:
+            sec.options = {(change[3] if k == change[2] else k): v for k, v in sec.options.items()}
+    return 0
