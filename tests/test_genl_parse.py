@@ -239,3 +239,25 @@ def test_dump_interrupted_every_time_is_an_error(monkeypatch):
     assert e.value.errno == errno.EINTR
     assert str(e.value) == f"[Errno {errno.EINTR}] wg0: dump interrupted {wk.DUMP_RETRIES} times in a row"
     assert fake.dump_requests == wk.DUMP_RETRIES  # then it gives up: one spare dump left unasked
+
+
+def test_the_memo_gives_back_unchanged_peers_and_never_holds_a_split_one():
+    memo: dict = {}
+    whole = message(peer(KEY1, ("10.0.31.5/32",), ("192.0.2.1", 1), (5, 0), rx=9), peer(KEY2, ("10.2.0.1/32",)))
+    (p1, p2), _ = wk.merge_dump([(0, whole)], memo)
+    assert len(memo) == 2
+    (q1, q2), _ = wk.merge_dump([(0, whole)], memo)
+    assert q1 is p1 and q2 is p2
+    moved = message(peer(KEY1, ("10.0.31.5/32",), ("192.0.2.1", 1), (5, 0), rx=10), peer(KEY2, ("10.2.0.1/32",)))
+    (r1, r2), _ = wk.merge_dump([(0, moved)], memo)
+    assert r1 is not p1 and r1.rx_bytes == 10 and r2 is p2
+    # KEY2's first part is the same bytes as the whole peer was: taken from the memo,
+    # then extended by its continuation, and not remembered as whole
+    rest = message(peer(KEY2, ("10.2.0.2/32",), full=False))
+    (_, s2), _ = wk.merge_dump([(0, moved), (0, rest)], memo)
+    assert s2.allowed_ips == ("10.2.0.1/32", "10.2.0.2/32") and s2 is not p2
+    assert [p.public_key for p in memo.values()] == [r1.public_key]
+    # an interrupted dump leaves the memo as it was
+    before = dict(memo)
+    wk.merge_dump([(wk.NLM_F_DUMP_INTR, whole)], memo)
+    assert memo == before

@@ -125,11 +125,19 @@ def _remember(cache: dict, raw: bytes, value):
     return value
 
 
-def merge_dump(messages) -> tuple[tuple[Peer, ...], bool]:
+def merge_dump(messages, memo: dict | None = None) -> tuple[tuple[Peer, ...], bool]:
     """Peers from the payloads (bytes after the netlink header) and flags of one
     dump's messages, merged by public key; and whether the dump was interrupted
-    (NLM_F_DUMP_INTR on any message)."""
-    acc: dict[str, list] = {}  # key -> [ips, endpoint, handshake, rx, tx, keepalive]; dicts keep order
+    (NLM_F_DUMP_INTR on any message).
+
+    memo (one dict per interface, kept by the caller; updated only from a whole,
+    uninterrupted dump) maps a peer's raw attributes to the Peer made of them: an
+    unchanged peer costs a dict lookup and comes back as the same object, as with
+    wg_uapi.parse. A peer split over messages is never taken from it or put in it."""
+    # key -> a Peer (from the memo) or [ips, endpoint, handshake, rx, tx, keepalive]; dicts keep order
+    acc: dict[str, list | Peer] = {}
+    raws: dict[str, bytes | None] = {}  # key -> its raw attributes; None once it was split
+    seen = memo or {}
     interrupted = False
     unpack_nla = _NLA.unpack_from
     for flags, buf in messages:
@@ -139,6 +147,12 @@ def merge_dump(messages) -> tuple[tuple[Peer, ...], bool]:
             if kind != WGDEVICE_A_PEERS:
                 continue
             for _, off, p_end in _attrs(buf, d, d_end):
+                attrs_raw = bytes(buf[off:p_end])
+                hit = seen.get(attrs_raw)
+                if hit is not None and hit.public_key not in acc:
+                    acc[hit.public_key] = hit
+                    raws[hit.public_key] = attrs_raw
+                    continue
                 # One peer's attributes, walked inline: this loop runs ~10 times per
                 # peer per poll, and a generator here was half the cost of a dump.
                 key, ips, endpoint, hs, rx, tx, ka = None, (), False, None, None, None, None
@@ -175,8 +189,12 @@ def merge_dump(messages) -> tuple[tuple[Peer, ...], bool]:
                 cur = acc.get(key)
                 if cur is None:
                     cur = acc[key] = [list(ips), None, 0.0, 0, 0, 0]
+                    raws[key] = attrs_raw
                 else:
+                    if isinstance(cur, Peer):  # its first part came from the memo
+                        cur = acc[key] = [list(cur.allowed_ips), *cur[2:]]
                     cur[0].extend(ips)  # a continuation: more AllowedIPs of a peer already seen
+                    raws[key] = None
                 if endpoint is not False:
                     cur[1] = endpoint
                 if hs is not None:
@@ -187,7 +205,11 @@ def merge_dump(messages) -> tuple[tuple[Peer, ...], bool]:
                     cur[4] = tx
                 if ka is not None:
                     cur[5] = ka
-    peers = tuple(Peer(k, tuple(c[0]), c[1], c[2], c[3], c[4], c[5]) for k, c in acc.items())
+    peers = tuple(c if isinstance(c, Peer) else Peer(k, tuple(c[0]), c[1], c[2], c[3], c[4], c[5])
+                  for k, c in acc.items())
+    if memo is not None and not interrupted:
+        memo.clear()  # only this dump's peers: the memo never outgrows the interface
+        memo.update((raws[p.public_key], p) for p in peers if raws[p.public_key] is not None)
     return peers, interrupted
 
 
@@ -200,6 +222,7 @@ class KernelWireGuard:
         self._family = 0
         self._seq = 0
         self._buf = bytearray(RECV_SIZE)
+        self._memo: dict[str, dict] = {}  # per interface: see merge_dump
 
     def _request(self, kind: int, flags: int, cmd: int, version: int, attrs: bytes):
         """Send one request; yield (flags, payload) of each answer message until
@@ -267,7 +290,7 @@ class KernelWireGuard:
                 # would widen the window in which a change interrupts the dump
                 messages = list(self._request(self._family, NLM_F_DUMP, WG_CMD_GET_DEVICE, WG_GENL_VERSION,
                                               request))
-                peers, interrupted = merge_dump(messages)
+                peers, interrupted = merge_dump(messages, self._memo.setdefault(ifname, {}))
                 if not interrupted:
                     return peers
         except OSError as e:
