@@ -150,6 +150,9 @@ def test_structural_errors(tmp_path, body, fragment):
     ("agent: {poll_interval: [\n", "YAML syntax"),
     ("interfaces:\n  wg0:\n    metric: -3\n", "section 'wg0', option 'metric', value '-3'"),
     ("interfaces:\n  wg0:\n    route_default: 7\n", "option 'route_default', value '7'.*boolean"),
+    ("interfaces: [wg0, wg1]\n", "section 'interfaces'.*expected a mapping"),
+    ("interfaces:\n  wg0:\n    metric: null\n", "section 'wg0', option 'metric', value 'null'.*expected a string"),
+    ("interfaces:\n  wg0:\n    metric: [1, true]\n", "option 'metric'.*expected a string"),
 ])
 def test_yaml_errors(tmp_path, body, fragment):
     with pytest.raises(ConfigError, match=fragment):
@@ -246,16 +249,6 @@ def test_not_utf8(tmp_path):
     path.write_bytes(b"config interface 'wg\xff0'\n")
     with pytest.raises(ConfigError, match=f"{path}: not UTF-8 text"):
         config.load(str(path), TABLES)
-
-
-@pytest.mark.parametrize("body,fragment", [
-    ("interfaces: [wg0, wg1]\n", "section 'interfaces'.*expected a mapping"),
-    ("interfaces:\n  wg0:\n    metric: null\n", "section 'wg0', option 'metric', value 'null'.*expected a string"),
-    ("interfaces:\n  wg0:\n    metric: [1, true]\n", "option 'metric'.*expected a string"),
-])
-def test_more_yaml_errors(tmp_path, body, fragment):
-    with pytest.raises(ConfigError, match=fragment):
-        load_text(tmp_path, body, "c.yaml")
 
 
 def test_check_exits_2_on_a_bad_config_and_names_the_value(tmp_path, capsys):

@@ -60,12 +60,10 @@ def cmd_run(args) -> int:
 
 def gather_status(cfg) -> dict:
     """What the kernel holds now, read without the daemon's memory."""
-    from .daemon import Daemon
+    from .daemon import Daemon, read_idle_state
+    from .policy import IDLE
     from .rtnl import Rtnl
     from .wgsource import PeerSources
-
-    from .daemon import read_idle_state
-    from .policy import IDLE
 
     rtnl, sources = Rtnl(), PeerSources()
     try:
@@ -228,12 +226,10 @@ def firewall_status(cfg) -> dict | None:
         return out
     out["transport"] = client.name
     try:
-        reply = client.call("uci", "get", {"config": firewall.CONFIG})
+        owned, desired, out["warnings"] = firewall.FirewallWriter(client).read(firewall.desired_sections(cfg))
     except OSError as e:
         out["error"] = str(e)
         return out
-    owned = firewall.owned_from_get(reply)
-    desired, out["warnings"] = firewall.check_zones(firewall.desired_sections(cfg), firewall.foreign_zones(reply))
     p = firewall.plan(desired, owned)
     differ = {s.name for s in p.create + p.retype} | {s.name for s, _, _ in p.update}
     for s in desired:

@@ -24,7 +24,7 @@ from . import netifd, ubus
 from .config import Config, ConfigError
 from .model import Route, Rule
 from .policy import (IDLE, Desired, PathState, PeerVerdict, PlanMemo, Resolution, desired_rules, desired_state,
-                     plan_routes, plan_rules, return_path_state, track_activity)
+                     handshake_age, plan_routes, plan_rules, return_path_state, track_activity)
 from .rtnl import Rtnl, RtnlEvents
 from .wgsource import PeerSources
 
@@ -238,8 +238,7 @@ class Daemon:
             if v is not None:
                 # from the clock, not v.handshake_age: a verdict kept from an earlier
                 # poll (policy.desired_state) carries the age it had then
-                hs = v.peer.last_handshake
-                fields.update(peer=v.label, handshake_age=_age(max(0.0, self.clock() - hs) if hs > 0 else None),
+                fields.update(peer=v.label, handshake_age=_age(handshake_age(v.peer, self.clock())),
                               reason=v.reason)
             elif owner.startswith("peer "):
                 fields.update(peer=owner[5:], reason="peer-removed")

@@ -175,8 +175,12 @@ class FirewallWriter:
     def _pending(self) -> list:
         return self._call("changes").get("changes") or []
 
-    def read_owned(self) -> dict[str, tuple[str, Values]]:
-        return owned_from_get(self._call("get"))
+    def read(self, desired: list[Section]) -> tuple[dict[str, tuple[str, Values]], list[Section], list[str]]:
+        """One `get` of the firewall config: the sections we own, desired as it can be
+        written (check_zones against the zones of others), and the warnings."""
+        reply = self._call("get")
+        desired, warnings = check_zones(desired, foreign_zones(reply))
+        return owned_from_get(reply), desired, warnings
 
     def sync(self, desired: list[Section]) -> SyncResult:
         """Make the owned sections equal to desired: one commit, or none when equal.
@@ -187,9 +191,7 @@ class FirewallWriter:
                 raise ForeignPending(f"{len(pending)} uncommitted change(s) to /etc/config/{CONFIG} "
                                      "by another tool (uci set without commit, an open LuCI edit)")
             self._call("revert")  # only our own leftovers (an earlier pass that died midway)
-        reply = self._call("get")
-        owned = owned_from_get(reply)
-        desired, warnings = check_zones(desired, foreign_zones(reply))
+        owned, desired, warnings = self.read(desired)
         p = plan(desired, owned)
         written = [s.name for s in desired]
         if not p:

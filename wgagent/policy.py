@@ -50,6 +50,12 @@ def track_activity(prev: ActivityMap, states: Iterable[InterfaceState], mono_now
     return out
 
 
+def handshake_age(peer: Peer, now: float) -> float | None:
+    """Seconds since the peer's last handshake (0 for one stamped in the future); None: never."""
+    hs = peer.last_handshake
+    return (now - hs if now > hs else 0.0) if hs > 0 else None
+
+
 def presence(peer: Peer, now: float, handshake_timeout: float, idle_timeout: float,
              activity: Activity | None, mono_now: float) -> tuple[bool, str]:
     """Is the peer connected to us now? Returns (up, reason)."""
@@ -205,10 +211,8 @@ def desired_state(config: Config, states: Iterable[InterfaceState], now: float,
                     plan = peer_plan(config, iface, peer)
                 plans[key] = plan
                 up, reason = presence(peer, now, timeout, plan.idle_timeout, act, mono_now)
-                hs = peer.last_handshake
-                age = (now - hs if now > hs else 0.0) if hs > 0 else None
-                verdict = _new_verdict(PeerVerdict, (name, peer, up, reason, age, plan.description, plan.routes,
-                                                     plan.rules))
+                verdict = _new_verdict(PeerVerdict, (name, peer, up, reason, handshake_age(peer, now),
+                                                     plan.description, plan.routes, plan.rules))
                 kept[key] = (peer, act, verdict, *_valid_until(peer, up, timeout, plan.idle_timeout, act))
             verdicts.append(verdict)
             if up:
