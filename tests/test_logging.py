@@ -53,35 +53,31 @@ class Recorder:
         return lambda event, **fields: self.lines.append((level, event, fields))
 
 
-def burst_daemon(tmp_path, level):
-    from wgagent import config
-    from wgagent.daemon import Daemon
+def burst_reporter(level):
+    from wgagent.reporter import Reporter
 
-    (tmp_path / "wgagent").write_text("config interface 'wg0'\n")
-    d = Daemon(config.load(str(tmp_path / "wgagent"), {}), rtnl=None, sources=None)
-    d.log = Recorder()
     log.set_level(level)
-    return d
+    return Reporter(Recorder(), str)
 
 
 def test_a_few_changes_are_one_line_each(tmp_path):
-    d = burst_daemon(tmp_path, "info")
-    d._log_lines([("peer_up", {"iface": "wg0", "peer": f"p{i}"}) for i in range(20)])
+    d = burst_reporter("info")
+    d.lines([("peer_up", {"iface": "wg0", "peer": f"p{i}"}) for i in range(20)])
     assert [(lv, ev) for lv, ev, _ in d.log.lines] == [("info", "peer_up")] * 20
 
 
 def test_a_burst_is_summed_up_with_the_details_at_debug(tmp_path):
-    d = burst_daemon(tmp_path, "info")
+    d = burst_reporter("info")
     lines = [("peer_up", {"iface": "wg0", "peer": f"p{i}"}) for i in range(30)]
     lines += [("peer_up", {"iface": "wg1", "peer": "q"}), ("peer_down", {"iface": "wg0", "peer": "r"})]
-    d._log_lines(lines)
+    d.lines(lines)
     assert d.log.lines == [
         ("info", "peers_up", {"iface": "wg0", "count": 30, "first": "p0,p1,p2,p3,p4,…",
                               "detail": "one line each at log_level debug"}),
         ("info", "peers_up", {"iface": "wg1", "count": 1, "first": "q", "detail": "one line each at log_level debug"}),
         ("info", "peers_down", {"iface": "wg0", "count": 1, "first": "r", "detail": "one line each at log_level debug"}),
     ]
-    d = burst_daemon(tmp_path, "debug")
-    d._log_lines(lines)
+    d = burst_reporter("debug")
+    d.lines(lines)
     assert [lv for lv, _, _ in d.log.lines] == ["debug"] * 32 + ["info"] * 3
     log.set_level("info")

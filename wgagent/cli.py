@@ -37,22 +37,24 @@ def cmd_run(args) -> int:
     rtnl = Rtnl()
     sources = PeerSources()
     daemon = Daemon(cfg, rtnl, sources)
-    if not args.once:
-        daemon.want_firewall(start=False)
     try:
         if args.once:
-            daemon.reconcile()
-            return EXIT_OK
+            # one whole pass of what `run` does: routes, rules and the firewall
+            routed = daemon.reconcile()
+            written = daemon.firewall_once()
+            return EXIT_OK if routed and written else EXIT_PROBLEMS
+        daemon.want_firewall(start=False)
         if not cfg.agent.enabled:
             log.info("disabled", detail="option enabled '0': owned routes are removed, waiting for a reload")
         return Runner(daemon, events).run()
     except Exception:
-        # the traceback goes to the log (syslog: `logread -e wgagent`), once: not to
-        # stderr as well, which procd also sends to logread; procd respawns us
+        # a programming error: nothing is removed (procd respawns us, and the new
+        # process adopts what is there). The traceback goes to the log (syslog:
+        # `logread -e wgagent`), once: not to stderr as well, which procd also sends to logread
         log.exception("crashed")
         return EXIT_PROBLEMS
     finally:
-        daemon.forget_idle_state()  # also after --once or a crash: no daemon is left to mean it
+        daemon.reporter.idle.remove()  # also after --once or a crash: no daemon is left to mean it
         sources.close()
         rtnl.close()
         events.close()
@@ -60,14 +62,22 @@ def cmd_run(args) -> int:
 
 def gather_status(cfg) -> dict:
     """What the kernel holds now, read without the daemon's memory."""
-    from .daemon import Daemon, read_idle_state
-    from .policy import IDLE
+    import time
+
+    from .observer import Observer
+    from .policy import IDLE, desired_rules, desired_state
+    from .reporter import read_idle_state
     from .rtnl import Rtnl
     from .wgsource import PeerSources
 
     rtnl, sources = Rtnl(), PeerSources()
     try:
-        states, desired, view, problems = Daemon(cfg, rtnl, sources).snapshot()
+        observer = Observer(cfg, rtnl, sources)
+        links, states = observer.peers()
+        mono = time.monotonic()
+        desired = desired_state(cfg, states, time.time(), {}, mono)
+        view = observer.kernel(links, mono)
+        problems = desired_rules(cfg, desired, view.paths)
     finally:
         sources.close()
         rtnl.close()
@@ -256,7 +266,7 @@ def main(argv=None) -> int:
         return p
 
     p = with_config(sub.add_parser("run", help="run the daemon in the foreground"))
-    p.add_argument("--once", action="store_true", help="reconcile once and exit (routes stay)")
+    p.add_argument("--once", action="store_true", help="one pass (routes, rules, firewall) and exit with its status (routes stay)")
     p.add_argument("--log", choices=("auto", "syslog", "stderr"), default="auto",
                    help="where log lines go (auto: syslog if /dev/log exists, else stderr)")
     p.set_defaults(func=cmd_run)

@@ -1,0 +1,122 @@
+"""The reconciler: desired state against what the kernel holds under our tag.
+
+It keeps the kernel view as last read and updates it with its own changes, so an
+unchanged pass costs no dump. Whatever made the view doubtful (a failed or refused
+change, a route that appeared between our read and our write) sets `dirty`, and
+the daemon reads the kernel again before the next plan: that re-read and re-plan
+is the retry. Only routes and rules with our protocol tag are ever changed.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from .observer import KernelView
+from .policy import Desired, RoutePlan, RulePlan, plan_routes, plan_rules
+from .reporter import Reporter, owner
+
+GONE = (errno.ESRCH, errno.ENOENT, errno.ENODEV)  # a delete of what is already gone: done
+
+
+class Reconciler:
+    def __init__(self, rtnl, reporter: Reporter):
+        self.rtnl = rtnl
+        self.reporter = reporter
+        self.view = KernelView()
+        self.dirty = True
+
+    def seen(self, view: KernelView) -> None:
+        self.view = view
+        self.dirty = False
+
+    def plan(self, desired: Desired, keep: set[str]) -> tuple[RoutePlan, RulePlan]:
+        """keep: interfaces whose routes stay as they are (unreadable this pass)."""
+        wanted = set(desired.routes)
+        wanted.update(desired.path_routes)
+        return (plan_routes(wanted, self.view.owned, self.view.foreign, keep),
+                plan_rules(desired.rules, self.view.rules))
+
+    def apply(self, plan: RoutePlan, rule_plan: RulePlan, links, desired: Desired, previous: Desired) -> dict:
+        """Make the changes; returns {(event, interface, owner): [route or rule]} of
+        those done. A change that fails is reported once per error and leaves the
+        view dirty. OSError only when the netlink socket itself fails (the view is
+        then dirty too)."""
+        done: dict[tuple[str, str, str], list] = {}
+
+        def note(event, item, iface=""):
+            done.setdefault((event, iface, owner(item, desired, previous)), []).append(item)
+
+        self.dirty = True  # until the changes are through: an exception midway leaves it so
+        ok = True
+        for rule in rule_plan.delete:
+            if self._rule(self.rtnl.delete_rule, "rule_remove_failed", rule):
+                self.view.rules.discard(rule)
+                note("rule_removed", rule)
+            else:
+                ok = False
+        changes = [("delete", r, links[r.ifname].index if r.ifname in links else None) for r in plan.delete]
+        # a device that is down takes no routes (the kernel refuses them, and flushed its
+        # own when it went down): they are added when its RTM_NEWLINK says it is up
+        changes += [("add", r, links[r.ifname].index) for r in plan.add if r.ifname in links and links[r.ifname].up]
+        for (verb, route, _), code in zip(changes, self.rtnl.apply_routes(changes)):
+            key = (verb, route)
+            if code == errno.EEXIST:
+                # somebody added the same route between our read and our write: re-read
+                # before believing it is ours
+                ok = False
+            elif code and not (verb == "delete" and code in GONE):
+                ok = False
+                self.reporter.change_failed(f"route_{'add' if verb == 'add' else 'remove'}_failed", key, code,
+                                            iface=route.ifname, prefix=route.prefix,
+                                            table=self.reporter.table_name(route.table))
+            elif verb == "add":
+                self.reporter.change_done(key)
+                self.view.owned.add(route)
+                note("route_added", route, route.ifname)
+            else:
+                self.reporter.change_done(key)
+                self.view.owned.discard(route)
+                note("route_removed", route, route.ifname)
+        for rule in rule_plan.add:
+            if self._rule(self.rtnl.add_rule, "rule_add_failed", rule):
+                self.view.rules.add(rule)
+                note("rule_added", rule)
+            else:
+                ok = False
+        self.dirty = not ok
+        return done
+
+    def _rule(self, fn, failure_event: str, rule) -> bool:
+        """One rule change. A failed one is reported once per error and retried after
+        the next read of the kernel."""
+        key = (fn.__name__, rule)
+        try:
+            fn(rule)
+        except OSError as e:
+            self.reporter.change_failed(failure_event, key, e.errno, error_text=str(e), rule=rule.describe())
+            return False
+        self.reporter.change_done(key)
+        return True
+
+    def remove_owned(self, log) -> int:
+        """Remove every route and rule with our tag (on stop): read fresh, not from
+        memory. Raises OSError when the kernel cannot be read: then nothing is removed
+        that we could not vouch for."""
+        links = self.rtnl.links()
+        owned = self.rtnl.routes({link.index: name for name, link in links.items()}).owned
+        rules = self.rtnl.rules()
+        n = 0
+        for rule in rules:  # one that cannot go must not keep the others (or the routes)
+            try:
+                n += self.rtnl.delete_rule(rule)
+            except OSError as e:
+                log.warning("rule_remove_failed", rule=rule.describe(), error=str(e))
+        changes = [("delete", r, links[r.ifname].index if r.ifname in links else None) for r in owned]
+        n += sum(code == 0 for code in self.rtnl.apply_routes(changes))
+        if owned:
+            log.info("routes_removed_on_stop", count=len(owned),
+                     prefixes=",".join(r.prefix for r in sorted(owned)[:20]) + (",…" if len(owned) > 20 else ""))
+        if rules:
+            log.info("rules_removed_on_stop", count=len(rules))
+        return n
+
