@@ -177,11 +177,11 @@ class Reporter:
 
     # --- failures: said once per distinct error, again when it changes
 
-    def read_failed(self, what: str, error: OSError) -> None:
+    def read_failed(self, what: str, error: OSError, event: str = "read_failed") -> None:
+        """A pass that could not observe (or apply: event apply_failed) what it needed."""
         text = str(error) or os.strerror(error.errno or 0)
         if self.reads.changed(what, text):
-            self.log.warning("read_failed", what=what, error=text,
-                             action="pass skipped; retrying with backoff")
+            self.log.warning(event, what=what, error=text, action="pass skipped; retrying with backoff")
 
     def read_ok(self, what: str) -> None:
         if self.reads.forget(what):
