@@ -53,6 +53,32 @@ def test_track_activity_keeps_since_while_rx_unchanged_and_history_of_unreadable
     assert ("wg0", K1) not in d  # a removed peer is forgotten
 
 
+RX = [
+    # name, rx counter at polls 1, 2, 3 (one a second), expected (rx_bytes, since) after poll 3
+    ("grows", (10, 20, 30), (30, 3.0)),
+    ("flat", (10, 10, 10), (10, 1.0)),
+    ("reset (peer re-added, interface re-created): a new baseline, no sign of life", (10, 20, 5), (5, 2.0)),
+    ("reset to zero", (10, 10, 0), (0, 1.0)),
+    ("grows again after a reset", (10, 0, 5), (5, 3.0)),
+]
+
+
+@pytest.mark.parametrize("name,counters,expected", RX, ids=[r[0] for r in RX])
+def test_track_activity_rx(name, counters, expected):
+    a = {}
+    for mono, rx in enumerate(counters, 1):
+        a = track_activity(a, [InterfaceState("wg0", "uapi", (Peer(K1, rx_bytes=rx),))], float(mono))
+    assert (a[("wg0", K1)].rx_bytes, a[("wg0", K1)].since) == expected
+
+
+def test_an_rx_reset_does_not_wake_an_idle_peer():
+    c, peer, a = cfg(idle_timeout=10), up(K1, ["10.0.31.5/32"], rx_bytes=500), {}
+    for mono, rx in ((0.0, 500), (20.0, 500), (21.0, 0)):
+        a = track_activity(a, [InterfaceState("wg0", "uapi", (peer._replace(rx_bytes=rx),))], mono)
+        v = desired_state(c, [InterfaceState("wg0", "uapi", (peer._replace(rx_bytes=rx),))], NOW, a, mono).verdicts[0]
+    assert (v.up, v.reason) == (False, IDLE)
+
+
 def up(key, ips, age=1.0, **kw):
     return Peer(key, tuple(ips), last_handshake=NOW - age, **kw)
 

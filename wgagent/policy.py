@@ -43,8 +43,12 @@ def track_activity(prev: ActivityMap, states: Iterable[InterfaceState], mono_now
         for peer in state.peers:
             key = (state.name, peer.public_key)
             old = prev.get(key)
-            if old is None or peer.rx_bytes != old.rx_bytes:
+            if old is None or peer.rx_bytes > old.rx_bytes:
                 out[key] = Activity(peer.rx_bytes, mono_now)
+            elif peer.rx_bytes < old.rx_bytes:
+                # the counter was reset (peer removed and re-added, interface re-created):
+                # a new baseline, not a sign of life
+                out[key] = Activity(peer.rx_bytes, old.since)
             else:
                 out[key] = old
     return out
