@@ -58,11 +58,13 @@ def track_activity(prev: ActivityMap, states: Iterable[InterfaceState], mono_now
         for peer in state.peers:
             key = (name, peer.public_key)
             old = get(key)
+            if old is not None and peer.rx_bytes == old.rx_bytes and peer.last_handshake == old.handshake \
+                    and (old.handshake_mono is not None or now is None):
+                out[key] = old  # nothing changed: the same object, on which desired_state's memo keys
+                continue
             rx, hs = peer.rx_bytes, peer.last_handshake
             if old is None:
                 out[key] = Activity(rx, mono_now, hs, _first_sight(hs, now, mono_now))
-            elif rx == old.rx_bytes and hs == old.handshake and (old.handshake_mono is not None or now is None):
-                out[key] = old  # the same object: desired_state's memo keys on it
             else:
                 # fewer bytes than before is a reset (peer removed and re-added, interface
                 # re-created): a new baseline, not a sign of life
