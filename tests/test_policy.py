@@ -111,6 +111,58 @@ def test_desired_routes(name, iface, peers, expected):
     assert set(d.routes) == expected
 
 
+V4_EP, V6_EP = "203.0.113.7:51820", "[2001:db8::1]:51820"
+
+ENDPOINTS = [
+    # name, interface options, AllowedIPs, endpoint, routed prefixes, skipped prefixes
+    ("wg-quick halves: the half holding the endpoint is skipped", {},
+     ["0.0.0.0/1", "128.0.0.0/1", "10.0.31.5/32"], V4_EP, {"0.0.0.0/1", "10.0.31.5/32"}, ["128.0.0.0/1"]),
+    ("site peer whose AllowedIPs hold its public address", {},
+     ["192.168.36.0/24", "203.0.113.0/24"], V4_EP, {"192.168.36.0/24"}, ["203.0.113.0/24"]),
+    ("the endpoint's own host route", {}, ["203.0.113.7/32", "10.0.31.5/32"], V4_EP, {"10.0.31.5/32"},
+     ["203.0.113.7/32"]),
+    ("the address next door is no cover", {}, ["203.0.113.6/32", "203.0.113.8/31"], V4_EP,
+     {"203.0.113.6/32", "203.0.113.8/31"}, []),
+    ("v6 endpoint", {}, ["2001:db8::/32", "fd31::/64", "10.0.0.0/8"], V6_EP, {"fd31::/64", "10.0.0.0/8"},
+     ["2001:db8::/32"]),
+    ("a v4 endpoint is not covered by v6 prefixes", {}, ["::/1", "8000::/1"], V4_EP, {"::/1", "8000::/1"}, []),
+    ("scoped link-local endpoint: sent out of its own link whatever the routes", {},
+     ["fe80::/10", "fd31::/64"], "[fe80::1%3]:51820", {"fe80::/10", "fd31::/64"}, []),
+    ("no endpoint yet", {}, ["0.0.0.0/1", "128.0.0.0/1"], None, {"0.0.0.0/1", "128.0.0.0/1"}, []),
+    ("route_default: the default route covers every endpoint of its family", dict(route_default=True),
+     ["0.0.0.0/0", "::/0"], V4_EP, {"::/0"}, ["0.0.0.0/0"]),
+    ("table local (the kernel's first rule)", dict(table=255), ["128.0.0.0/1"], V4_EP, set(), ["128.0.0.0/1"]),
+    ("table default (the kernel's last rule)", dict(table=253), ["128.0.0.0/1"], V4_EP, set(), ["128.0.0.0/1"]),
+    ("a table of its own: the rules that send packets there decide (wg-quick's fwmark)", dict(table=100),
+     ["0.0.0.0/1", "128.0.0.0/1"], V4_EP, {"0.0.0.0/1", "128.0.0.0/1"}, []),
+]
+
+
+@pytest.mark.parametrize("name,iface,ips,endpoint,routed,skipped", ENDPOINTS, ids=[e[0] for e in ENDPOINTS])
+def test_routes_that_would_carry_the_peers_own_endpoint_are_skipped(name, iface, ips, endpoint, routed, skipped):
+    peer = up(K1, ips, endpoint=endpoint)
+    d = desired_state(cfg(**iface), [InterfaceState("wg0", "uapi", (peer,))], NOW, {}, 0.0)
+    assert {r.prefix for r in d.routes} == routed
+    address = endpoint and endpoint.rpartition(":")[0].strip("[]")
+    assert [(v.peer, r.prefix, a) for v, r, a in d.skipped] == [(peer, p, address) for p in skipped]
+    assert {r.prefix for r in d.verdicts[0].routes} == routed  # what status shows for the peer
+    down = desired_state(cfg(**iface), [InterfaceState("wg0", "uapi", (peer._replace(last_handshake=0.0),))],
+                         NOW, {}, 0.0)
+    assert down.routes == {} and down.skipped == []  # only an up peer's routes are skipped
+
+
+def test_a_roaming_endpoint_moves_the_skip_through_the_memo():
+    c, memo = cfg(), PlanMemo()
+    peer = up(K1, ["0.0.0.0/1", "128.0.0.0/1"], endpoint="192.0.2.2:51820")
+    for endpoint, skipped in (("192.0.2.2:51820", "128.0.0.0/1"), ("192.0.2.2:51820", "128.0.0.0/1"),
+                              ("100.64.1.2:4500", "0.0.0.0/1"), ("[2001:db8::1]:51820", None),
+                              ("192.0.2.2:51820", "128.0.0.0/1")):
+        peer = peer if peer.endpoint == endpoint else peer._replace(endpoint=endpoint)  # unchanged: the same object
+        d = desired_state(c, [InterfaceState("wg0", "uapi", (peer,))], NOW, {}, 0.0, memo)
+        assert [r.prefix for _, r, _ in d.skipped] == ([skipped] if skipped else [])
+        assert {r.prefix for r in d.routes} == {"0.0.0.0/1", "128.0.0.0/1"} - {skipped}
+
+
 def test_newer_handshake_owns_a_shared_prefix():
     peers = (up(K1, ["10.0.31.9/32"], age=50), up(K2, ["10.0.31.9/32"], age=3))
     d = desired_state(cfg(), [InterfaceState("wg0", "uapi", peers)], NOW, {}, 0.0)

@@ -8,6 +8,7 @@ No I/O: everything here is tested without root.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Iterable, Mapping, NamedTuple
@@ -147,6 +148,12 @@ class Desired:
     path_routes: dict[Route, str] = field(default_factory=dict)
     # Interfaces we could not read this time: their routes stay as they are.
     frozen: set[str] = field(default_factory=set)
+    # Routes of up peers left out because they would carry the peer's own endpoint into
+    # its interface (see peer_plan): (verdict, route, the endpoint's address, e.g.
+    # "203.0.113.7" or "2001:db8::1"). Listed again at every poll while it holds, so a
+    # caller that warns does it once per change. Neither in routes nor in the
+    # verdict's routes.
+    skipped: list[tuple[PeerVerdict, Route, str]] = field(default_factory=list)
 
 
 @lru_cache(maxsize=1 << 16)  # same inputs every poll: compute once (a hot path at 10,000 peers)
@@ -163,7 +170,7 @@ def peer_routes(interface: str, table: int, metric: int, route_default: bool,
 
 class PeerPlan(NamedTuple):
     """What the config makes of one peer, whatever its presence: computed once per
-    (config, AllowedIPs) and reused every poll (see PlanMemo)."""
+    (config, AllowedIPs, endpoint) and reused every poll (see PlanMemo)."""
 
     allowed_ips: tuple[str, ...]
     description: str
@@ -171,6 +178,9 @@ class PeerPlan(NamedTuple):
     routes: tuple[Route, ...]
     rules: tuple[Rule, ...]
     slots: tuple[tuple[tuple[int, str, int], Route], ...]
+    endpoint: str | None = None
+    skipped: tuple[Route, ...] = ()  # routes that would carry the endpoint (see peer_plan)
+    endpoint_address: str = ""
 
 
 def peer_plan(config: Config, iface, peer: Peer) -> PeerPlan:
@@ -183,11 +193,67 @@ def peer_plan(config: Config, iface, peer: Peer) -> PeerPlan:
         if pconf.source_table is not None:
             source_table = pconf.source_table
     routes: tuple[Route, ...] = ()
+    skipped: tuple[Route, ...] = ()
+    address = ""
     if pconf is None or pconf.route:
         routes = peer_routes(iface.name, iface.table, iface.metric, iface.route_default, peer.allowed_ips)
+        # A route that holds the peer's own endpoint would carry the encrypted packets
+        # into the tunnel itself: the session dies, the route goes, and round again. So
+        # such a prefix is skipped. Not a host exception for the endpoint instead (as
+        # wg-quick's users add by hand): that needs the endpoint's current route, i.e.
+        # I/O outside this core, and would fight netifd or wg-quick for the default
+        # path. Only in the tables of the kernel's own rules, which every packet of the
+        # router looks up; any other table carries only what some rule sends there,
+        # rules wgagent does not see (wg-quick exempts its own packets by fwmark).
+        endpoint = endpoint_address(peer.endpoint) if routes and iface.table in _EVERY_PACKETS_TABLES else None
+        if endpoint is not None:
+            skipped = _covering(routes, endpoint)
+            if skipped:
+                routes = tuple(r for r in routes if r not in skipped)
+                address = endpoint[2]
     return PeerPlan(peer.allowed_ips, pconf.description if pconf else "", idle, routes,
                     peer_rules(source_table, config.agent.rule_priority, peer.allowed_ips),
-                    tuple((r.slot, r) for r in routes))
+                    tuple((r.slot, r) for r in routes), peer.endpoint, skipped, address)
+
+
+# local, main, default: the tables of the kernel's own rules (0, 32766, 32767)
+_EVERY_PACKETS_TABLES = frozenset((255, 254, 253))
+
+
+def endpoint_address(endpoint: str | None) -> tuple[int, int, str] | None:
+    """'203.0.113.7:51820' or '[2001:db8::1]:51820' -> (family, address as an integer,
+    address as inet_ntop spells it, as routes are). None: no endpoint, one we cannot
+    read, or one with a scope ('[fe80::1%3]:51820'), which goes out of that interface
+    whatever the routes say."""
+    if not endpoint:
+        return None
+    host = endpoint.rpartition(":")[0]
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if "%" in host:
+        return None
+    family = AF_INET6 if ":" in host else AF_INET
+    try:
+        packed = socket.inet_pton(family, host)
+    except OSError:
+        return None
+    return family, int.from_bytes(packed, "big"), socket.inet_ntop(family, packed)
+
+
+def _covering(routes: tuple[Route, ...], endpoint: tuple[int, int, str]) -> tuple[Route, ...]:
+    """The routes whose prefix holds the endpoint's address."""
+    family, value, address = endpoint
+    bits, v6 = (128, True) if family == AF_INET6 else (32, False)
+    out = []
+    for route in routes:
+        if route.prefixlen == bits:  # a host route (most of a hub's): the same spelling or not
+            if route.dst == address:
+                out.append(route)
+        elif (":" in route.dst) == v6:
+            shift = bits - route.prefixlen
+            if int.from_bytes(socket.inet_pton(family, route.dst), "big") >> shift == value >> shift:
+                out.append(route)
+    return tuple(out)
 
 
 class PlanMemo:
@@ -265,7 +331,7 @@ def desired_state(config: Config, states: Iterable[InterfaceState], now: float,
                 up = verdict.up
             else:
                 plan = old_plans.get(key)
-                if plan is None or plan.allowed_ips != peer.allowed_ips:
+                if plan is None or plan.allowed_ips != peer.allowed_ips or plan.endpoint != peer.endpoint:
                     plan = peer_plan(config, iface, peer)
                 plans[key] = plan
                 age = handshake_age(peer, now, act, mono_now)
@@ -279,6 +345,8 @@ def desired_state(config: Config, states: Iterable[InterfaceState], now: float,
                     rival = claims.get(slot)
                     if rival is None or _newer(verdict, rival[1], now, activity, mono_now):
                         claims[slot] = (route, verdict)
+                if plan.skipped:
+                    result.skipped += [(verdict, r, plan.endpoint_address) for r in plan.skipped]
     memo.config, memo.plans, memo.verdicts = config, plans, kept
     result.routes = dict(claims.values())
     return result
