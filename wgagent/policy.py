@@ -156,7 +156,7 @@ class Desired:
     skipped: list[tuple[PeerVerdict, Route, str]] = field(default_factory=list)
 
 
-@lru_cache(maxsize=1 << 16)  # same inputs every poll: compute once (a hot path at 10,000 peers)
+@lru_cache(maxsize=1 << 16)  # the same inputs every poll: computed once
 def peer_routes(interface: str, table: int, metric: int, route_default: bool,
                 allowed_ips: tuple[str, ...]) -> tuple[Route, ...]:
     out = []
@@ -292,12 +292,16 @@ def _valid_until(reason: str, age: float, timeout: float, idle: float, activity:
 
 def desired_state(config: Config, states: Iterable[InterfaceState], now: float,
                   activity: ActivityMap, mono_now: float, memo: PlanMemo | None = None) -> Desired:
-    """Verdicts for every observed peer of a configured interface, and the routes
-    the kernel should hold. When two up peers claim the same prefix in the same
+    """Verdicts for every observed peer of a configured interface, the routes the
+    kernel should hold, and the routes left out because they would carry a peer's own
+    endpoint (Desired.skipped). When two up peers claim the same prefix in the same
     table, the one with the newer handshake wins (ties: interface, then key).
 
-    This runs for every peer on every poll, so the per-peer config work is memoised
-    (at 10,000 peers, each microsecond here is 10 ms of CPU per poll)."""
+    activity is track_activity's history of the same poll: it dates handshakes and rx
+    on the monotonic clock; a peer without one is judged by the wall clock (status).
+
+    This runs for every peer on every poll, so the per-peer config work is memoised,
+    and a verdict stands while its Peer object and history do (see PlanMemo)."""
     result = Desired()
     memo = memo or PlanMemo()
     fresh = memo.config is not config
