@@ -78,8 +78,9 @@ def main() -> int:
         peers = timed("parse", wg_uapi.parse, raw, uapi_memo)
         states = [InterfaceState("wg0", "uapi", peers)]
         mono = time.monotonic()
-        activity = timed("track_activity", track_activity, activity, states, mono)
-        desired = timed("desired_state", desired_state, config, states, time.time(), activity, mono, memo)
+        wall = time.time()
+        activity = timed("track_activity", track_activity, activity, states, mono, wall)
+        desired = timed("desired_state", desired_state, config, states, wall, activity, mono, memo)
         plan = timed("plan_routes", plan_routes, set(desired.routes), owned, {}, desired.frozen)
         return activity, desired, plan
 

@@ -4,8 +4,8 @@ import pytest
 
 from wgagent import config
 from wgagent.model import InterfaceState, Peer, Route
-from wgagent.policy import (EXPIRED, IDLE, NEVER, UP, Activity, desired_state, plan_routes, presence,
-                            track_activity)
+from wgagent.policy import (EXPIRED, IDLE, NEVER, UP, Activity, PlanMemo, desired_state, handshake_age, plan_routes,
+                            presence, track_activity)
 
 K1 = "A" * 43 + "="
 K2 = "B" * 43 + "="
@@ -42,15 +42,41 @@ def test_presence(name, age, hs_timeout, idle, quiet, expected):
 def test_track_activity_keeps_since_while_rx_unchanged_and_history_of_unreadable():
     s1 = InterfaceState("wg0", "uapi", (Peer(K1, rx_bytes=10), Peer(K2, rx_bytes=5)))
     a = track_activity({}, [s1], 100.0)
-    assert a[("wg0", K1)] == Activity(10, 100.0)
+    assert a[("wg0", K1)][:2] == (10, 100.0)
     s2 = InterfaceState("wg0", "uapi", (Peer(K1, rx_bytes=10), Peer(K2, rx_bytes=9)))
     b = track_activity(a, [s2], 105.0)
-    assert b[("wg0", K1)] == Activity(10, 100.0)  # unchanged: since stays
-    assert b[("wg0", K2)] == Activity(9, 105.0)  # grew: since moves
+    assert b[("wg0", K1)][:2] == (10, 100.0)  # unchanged: since stays
+    assert b[("wg0", K2)][:2] == (9, 105.0)  # grew: since moves
     c = track_activity(b, [InterfaceState("wg0", "uapi", None, "boom")], 110.0)
     assert c == b  # unreadable: history kept
     d = track_activity(b, [InterfaceState("wg0", "uapi", (Peer(K2, rx_bytes=9),))], 111.0)
     assert ("wg0", K1) not in d  # a removed peer is forgotten
+
+
+RX = [
+    # name, rx counter at polls 1, 2, 3 (one a second), expected (rx_bytes, since) after poll 3
+    ("grows", (10, 20, 30), (30, 3.0)),
+    ("flat", (10, 10, 10), (10, 1.0)),
+    ("reset (peer re-added, interface re-created): a new baseline, no sign of life", (10, 20, 5), (5, 2.0)),
+    ("reset to zero", (10, 10, 0), (0, 1.0)),
+    ("grows again after a reset", (10, 0, 5), (5, 3.0)),
+]
+
+
+@pytest.mark.parametrize("name,counters,expected", RX, ids=[r[0] for r in RX])
+def test_track_activity_rx(name, counters, expected):
+    a = {}
+    for mono, rx in enumerate(counters, 1):
+        a = track_activity(a, [InterfaceState("wg0", "uapi", (Peer(K1, rx_bytes=rx),))], float(mono))
+    assert (a[("wg0", K1)].rx_bytes, a[("wg0", K1)].since) == expected
+
+
+def test_an_rx_reset_does_not_wake_an_idle_peer():
+    c, peer, a = cfg(idle_timeout=10), up(K1, ["10.0.31.5/32"], rx_bytes=500), {}
+    for mono, rx in ((0.0, 500), (20.0, 500), (21.0, 0)):
+        a = track_activity(a, [InterfaceState("wg0", "uapi", (peer._replace(rx_bytes=rx),))], mono)
+        v = desired_state(c, [InterfaceState("wg0", "uapi", (peer._replace(rx_bytes=rx),))], NOW, a, mono).verdicts[0]
+    assert (v.up, v.reason) == (False, IDLE)
 
 
 def up(key, ips, age=1.0, **kw):
@@ -83,6 +109,58 @@ DESIRED = [
 def test_desired_routes(name, iface, peers, expected):
     d = desired_state(cfg(**iface), [InterfaceState("wg0", "uapi", tuple(peers))], NOW, {}, 0.0)
     assert set(d.routes) == expected
+
+
+V4_EP, V6_EP = "203.0.113.7:51820", "[2001:db8::1]:51820"
+
+ENDPOINTS = [
+    # name, interface options, AllowedIPs, endpoint, routed prefixes, skipped prefixes
+    ("wg-quick halves: the half holding the endpoint is skipped", {},
+     ["0.0.0.0/1", "128.0.0.0/1", "10.0.31.5/32"], V4_EP, {"0.0.0.0/1", "10.0.31.5/32"}, ["128.0.0.0/1"]),
+    ("site peer whose AllowedIPs hold its public address", {},
+     ["192.168.36.0/24", "203.0.113.0/24"], V4_EP, {"192.168.36.0/24"}, ["203.0.113.0/24"]),
+    ("the endpoint's own host route", {}, ["203.0.113.7/32", "10.0.31.5/32"], V4_EP, {"10.0.31.5/32"},
+     ["203.0.113.7/32"]),
+    ("the address next door is no cover", {}, ["203.0.113.6/32", "203.0.113.8/31"], V4_EP,
+     {"203.0.113.6/32", "203.0.113.8/31"}, []),
+    ("v6 endpoint", {}, ["2001:db8::/32", "fd31::/64", "10.0.0.0/8"], V6_EP, {"fd31::/64", "10.0.0.0/8"},
+     ["2001:db8::/32"]),
+    ("a v4 endpoint is not covered by v6 prefixes", {}, ["::/1", "8000::/1"], V4_EP, {"::/1", "8000::/1"}, []),
+    ("scoped link-local endpoint: sent out of its own link whatever the routes", {},
+     ["fe80::/10", "fd31::/64"], "[fe80::1%3]:51820", {"fe80::/10", "fd31::/64"}, []),
+    ("no endpoint yet", {}, ["0.0.0.0/1", "128.0.0.0/1"], None, {"0.0.0.0/1", "128.0.0.0/1"}, []),
+    ("route_default: the default route covers every endpoint of its family", dict(route_default=True),
+     ["0.0.0.0/0", "::/0"], V4_EP, {"::/0"}, ["0.0.0.0/0"]),
+    ("table local (the kernel's first rule)", dict(table=255), ["128.0.0.0/1"], V4_EP, set(), ["128.0.0.0/1"]),
+    ("table default (the kernel's last rule)", dict(table=253), ["128.0.0.0/1"], V4_EP, set(), ["128.0.0.0/1"]),
+    ("a table of its own: the rules that send packets there decide (wg-quick's fwmark)", dict(table=100),
+     ["0.0.0.0/1", "128.0.0.0/1"], V4_EP, {"0.0.0.0/1", "128.0.0.0/1"}, []),
+]
+
+
+@pytest.mark.parametrize("name,iface,ips,endpoint,routed,skipped", ENDPOINTS, ids=[e[0] for e in ENDPOINTS])
+def test_routes_that_would_carry_the_peers_own_endpoint_are_skipped(name, iface, ips, endpoint, routed, skipped):
+    peer = up(K1, ips, endpoint=endpoint)
+    d = desired_state(cfg(**iface), [InterfaceState("wg0", "uapi", (peer,))], NOW, {}, 0.0)
+    assert {r.prefix for r in d.routes} == routed
+    address = endpoint and endpoint.rpartition(":")[0].strip("[]")
+    assert [(v.peer, r.prefix, a) for v, r, a in d.skipped] == [(peer, p, address) for p in skipped]
+    assert {r.prefix for r in d.verdicts[0].routes} == routed  # what status shows for the peer
+    down = desired_state(cfg(**iface), [InterfaceState("wg0", "uapi", (peer._replace(last_handshake=0.0),))],
+                         NOW, {}, 0.0)
+    assert down.routes == {} and down.skipped == []  # only an up peer's routes are skipped
+
+
+def test_a_roaming_endpoint_moves_the_skip_through_the_memo():
+    c, memo = cfg(), PlanMemo()
+    peer = up(K1, ["0.0.0.0/1", "128.0.0.0/1"], endpoint="192.0.2.2:51820")
+    for endpoint, skipped in (("192.0.2.2:51820", "128.0.0.0/1"), ("192.0.2.2:51820", "128.0.0.0/1"),
+                              ("100.64.1.2:4500", "0.0.0.0/1"), ("[2001:db8::1]:51820", None),
+                              ("192.0.2.2:51820", "128.0.0.0/1")):
+        peer = peer if peer.endpoint == endpoint else peer._replace(endpoint=endpoint)  # unchanged: the same object
+        d = desired_state(c, [InterfaceState("wg0", "uapi", (peer,))], NOW, {}, 0.0, memo)
+        assert [r.prefix for _, r, _ in d.skipped] == ([skipped] if skipped else [])
+        assert {r.prefix for r in d.routes} == {"0.0.0.0/1", "128.0.0.0/1"} - {skipped}
 
 
 def test_newer_handshake_owns_a_shared_prefix():
@@ -134,6 +212,133 @@ def test_plan(name, desired, owned, foreign, frozen, add, delete, conflicts):
     plan = plan_routes(desired, owned, foreign, frozen)
     assert (plan.add, plan.delete, plan.conflicts) == (add, delete, conflicts)
     assert bool(plan) == bool(add or delete)
+
+
+# --- clock steps: a handshake is aged on the monotonic clock from the poll that first
+# showed its value; the wall clock dates only a handshake seen for the first time
+
+Y10, D30 = 10 * 365 * 86400.0, 30 * 86400.0
+
+CLOCKS = [
+    # name, idle_timeout, polls: (wall, mono, last_handshake, rx) -> (up, reason, handshake age)
+    ("+10 years mid-run, idle off: up until the handshake is 180 s old by the monotonic clock", 0, [
+        ((NOW, 100, NOW - 5, 10), (True, UP, 5)),
+        ((NOW + Y10, 102, NOW - 5, 10), (True, UP, 7)),
+        ((NOW + Y10 + 170, 274, NOW - 5, 10), (True, UP, 179)),
+        ((NOW + Y10 + 172, 276, NOW - 5, 10), (False, EXPIRED, 181)),
+        # a handshake stamped in the new era is dated at the poll that shows it
+        ((NOW + Y10 + 190, 294, NOW + Y10 + 189, 20), (True, UP, 0)),
+        ((NOW + Y10 + 200, 304, NOW + Y10 + 189, 20), (True, UP, 10)),
+    ]),
+    ("+10 years mid-run, idle on: traffic keeps it up, silence makes it idle", 10, [
+        ((NOW, 100, NOW - 5, 10), (True, UP, 5)),
+        ((NOW + Y10, 102, NOW - 5, 20), (True, UP, 7)),
+        ((NOW + Y10 + 2, 104, NOW - 5, 30), (True, UP, 9)),
+        ((NOW + Y10 + 20, 122, NOW - 5, 30), (False, IDLE, 27)),
+    ]),
+    ("-30 days mid-run, idle off: a departed peer expires on time", 0, [
+        ((NOW, 100, NOW - 5, 10), (True, UP, 5)),
+        ((NOW - D30, 102, NOW - 5, 10), (True, UP, 7)),
+        ((NOW - D30 + 172, 274, NOW - 5, 10), (True, UP, 179)),
+        ((NOW - D30 + 174, 276, NOW - 5, 10), (False, EXPIRED, 181)),
+        ((NOW - D30 + 3600, 3702, NOW - 5, 10), (False, EXPIRED, 3607)),
+    ]),
+    ("-30 days mid-run, idle off: a handshake after the step, then the peer leaves", 0, [
+        ((NOW, 100, NOW - 5, 10), (True, UP, 5)),
+        ((NOW - D30, 102, NOW - 5, 10), (True, UP, 7)),
+        ((NOW - D30 + 50, 152, NOW - D30 + 49, 20), (True, UP, 0)),
+        ((NOW - D30 + 229, 331, NOW - D30 + 49, 20), (True, UP, 179)),
+        ((NOW - D30 + 231, 333, NOW - D30 + 49, 20), (False, EXPIRED, 181)),
+    ]),
+    ("-30 days mid-run, idle on: a departed peer falls idle", 10, [
+        ((NOW, 100, NOW - 5, 10), (True, UP, 5)),
+        ((NOW - D30, 102, NOW - 5, 20), (True, UP, 7)),
+        ((NOW - D30 + 10, 112, NOW - 5, 20), (False, IDLE, 17)),
+        ((NOW - D30 + 200, 302, NOW - 5, 20), (False, EXPIRED, 207)),
+    ]),
+    ("fresh start after +10 years: first sight takes the wall-clock age", 0, [
+        ((NOW + Y10, 5, NOW - 5, 10), (False, EXPIRED, Y10 + 5)),
+        ((NOW + Y10 + 3, 8, NOW + Y10 + 2, 20), (True, UP, 0)),
+    ]),
+    ("fresh start after -30 days: a stamp in the future counts as new, then ages", 0, [
+        ((NOW - D30, 5, NOW - 5, 10), (True, UP, 0)),
+        ((NOW - D30 + 179, 184, NOW - 5, 10), (True, UP, 179)),
+        ((NOW - D30 + 181, 186, NOW - 5, 10), (False, EXPIRED, 181)),
+    ]),
+    ("fresh start, idle on, after +10 years", 10, [
+        ((NOW + Y10, 5, NOW - 5, 10), (False, EXPIRED, Y10 + 5)),
+    ]),
+    ("fresh start, no step: the wall-clock age, then the monotonic clock", 0, [
+        ((NOW, 5, NOW - 100, 10), (True, UP, 100)),
+        ((NOW + 1e6, 84, NOW - 100, 10), (True, UP, 179)),
+        ((NOW + 1e6, 86, NOW - 100, 10), (False, EXPIRED, 181)),
+    ]),
+    ("never handshaken, then a first handshake", 0, [
+        ((NOW, 5, 0.0, 0), (False, NEVER, None)),
+        ((NOW - D30, 7, NOW - D30 - 1, 148), (True, UP, 0)),
+    ]),
+]
+
+
+def _run_polls(idle, polls, memo):
+    """Each poll as the daemon makes it: track_activity, then desired_state. With a
+    memo, an unchanged peer comes back as the same object (the backends' memos)."""
+    c, history, objects, out = cfg(idle_timeout=idle), {}, {}, []
+    for wall, mono, hs, rx in polls:
+        peer = objects.setdefault((hs, rx), Peer(K1, ("10.0.31.5/32",), "192.0.2.2:51820", hs, rx))
+        states = [InterfaceState("wg0", "uapi", (peer,))]
+        history = track_activity(history, states, mono, now=wall)
+        v = desired_state(c, states, wall, history, mono, memo).verdicts[0]
+        age = handshake_age(peer, wall, history[("wg0", K1)], mono)  # the age log lines show
+        if memo is None:
+            assert v.handshake_age == age
+        assert bool(d := desired_state(c, states, wall, history, mono).routes) == v.up, d
+        out.append((v.up, v.reason, None if age is None else round(age, 3)))
+    return out
+
+
+@pytest.mark.parametrize("name,idle,polls", CLOCKS, ids=[c[0] for c in CLOCKS])
+@pytest.mark.parametrize("memo", [True, False], ids=["memo", "no-memo"])
+def test_clock_steps(name, idle, polls, memo):
+    got = _run_polls(idle, [p for p, _ in polls], PlanMemo() if memo else None)
+    assert got == [e for _, e in polls]
+
+
+def test_presence_ages_a_dated_handshake_on_the_monotonic_clock():
+    peer = Peer(K1, last_handshake=NOW - 5)
+    dated = Activity(0, 0.0, NOW - 5, 990.0)  # track_activity saw this handshake at mono 990
+    assert presence(peer, NOW + Y10, 180, 0, dated, 1000.0) == (True, UP)
+    assert presence(peer, NOW - D30, 180, 0, dated, 1170.0) == (False, EXPIRED)
+    assert handshake_age(peer, NOW + Y10, dated, 1000.0) == 10.0
+    # a history of another handshake does not date this one: wall clock
+    assert presence(peer._replace(last_handshake=NOW - 500), NOW, 180, 0, dated, 1000.0) == (False, EXPIRED)
+    assert handshake_age(peer, NOW) == 5.0
+
+
+def test_track_activity_dates_handshakes():
+    s = lambda hs: [InterfaceState("wg0", "uapi", (Peer(K1, last_handshake=hs, rx_bytes=7),))]  # noqa: E731
+    a = track_activity({}, s(NOW - 30), 100.0, now=NOW)
+    assert a[("wg0", K1)] == Activity(7, 100.0, NOW - 30, 70.0)  # first sight: the wall-clock age
+    b = track_activity(a, s(NOW - 30), 101.0, now=NOW + Y10)
+    assert b[("wg0", K1)] is a[("wg0", K1)]  # nothing changed: the same history object (the memo's test)
+    c = track_activity(b, s(NOW + Y10), 102.0, now=NOW + Y10 + 2)
+    assert c[("wg0", K1)] == Activity(7, 100.0, NOW + Y10, 102.0)  # a new value: now, by the monotonic clock
+    # without the wall clock a first sight stays undated, and is aged on the wall clock
+    d = track_activity({}, s(NOW - 30), 100.0)
+    assert d[("wg0", K1)] == Activity(7, 100.0, NOW - 30, None)
+    assert track_activity(d, s(NOW - 30), 101.0)[("wg0", K1)] is d[("wg0", K1)]
+    assert track_activity(d, s(NOW - 30), 101.0, now=NOW + 1)[("wg0", K1)] == Activity(7, 100.0, NOW - 30, 70.0)
+
+
+def test_after_a_step_back_the_newer_handshake_by_the_monotonic_clock_owns_a_shared_prefix():
+    c, a = cfg(), {}
+    old = Peer(K1, ("10.0.31.9/32",), None, NOW - 5, 1)
+    for wall, mono, peers in ((NOW, 100.0, (old, Peer(K2, ("10.0.31.9/32",)))),
+                              (NOW - D30 + 2, 103.0, (old, Peer(K2, ("10.0.31.9/32",), None, NOW - D30 + 1, 1)))):
+        states = [InterfaceState("wg0", "uapi", peers)]
+        a = track_activity(a, states, mono, now=wall)
+        d = desired_state(c, states, wall, a, mono, PlanMemo())
+    assert [v.peer.public_key for v in d.routes.values()] == [K2]
 
 
 # --- rules (P2, P3)
@@ -217,9 +422,6 @@ def test_plan_rules():
 
 # --- the memo: a verdict is kept only while nothing it depends on has changed
 
-from wgagent.policy import PlanMemo  # noqa: E402
-
-
 def _poll(config, peer, now, act, mono, memo):
     activity = {("wg0", peer.public_key): act} if act else {}
     d = desired_state(config, [InterfaceState("wg0", "uapi", (peer,))], now, activity, mono, memo)
@@ -229,23 +431,34 @@ def _poll(config, peer, now, act, mono, memo):
 def test_a_verdict_is_kept_for_the_same_peer_and_history_until_a_deadline():
     config, memo = cfg(idle_timeout=10), PlanMemo()
     peer = Peer(K1, ("10.0.31.5/32",), None, NOW - 5, 100)
-    act = Activity(100, 50.0)
+    act = Activity(100, 50.0, NOW - 5, 46.0)  # the handshake dated at mono 46
     first = _poll(config, peer, NOW, act, 51.0, memo)
     assert first.up and _poll(config, peer, NOW + 1, act, 52.0, memo) is first
-    # a new Peer (its block changed), a new rx history, a new config, the clock back: computed anew
+    # a new Peer (its block changed), a new rx history, a new config: computed anew
     assert _poll(config, peer._replace(rx_bytes=101), NOW + 1, act, 52.0, memo) is not first
     first = _poll(config, peer, NOW + 1, act, 52.0, memo)
-    assert _poll(config, peer, NOW + 1, Activity(100, 50.0), 52.0, memo) is not first
+    assert _poll(config, peer, NOW + 1, act._replace(), 52.0, memo) is not first
     first = _poll(config, peer, NOW + 1, act, 52.0, memo)
     assert _poll(cfg(idle_timeout=10), peer, NOW + 1, act, 52.0, memo) is not first
-    assert _poll(config, peer, NOW - 100, act, 52.0, memo).up
-    # the deadlines: idle_timeout after rx last grew (monotonic), handshake_timeout (wall)
+    # ... but a step of the wall clock changes nothing: the deadlines are monotonic
+    first = _poll(config, peer, NOW + 1, act, 52.0, memo)
+    assert _poll(config, peer, NOW - D30, act, 52.0, memo) is first
+    assert _poll(config, peer, NOW + Y10, act, 52.0, memo) is first
+    # the deadlines: idle_timeout after rx last grew, handshake_timeout after the handshake
     assert _poll(config, peer, NOW + 2, act, 59.9, memo).up
     assert _poll(config, peer, NOW + 2, act, 60.0, memo)[2:4] == (False, IDLE)
-    fresh = PlanMemo()
-    assert _poll(cfg(), peer, NOW + 174.9, act, 60.0, fresh).up
-    assert _poll(cfg(), peer, NOW + 175.0, act, 60.0, fresh)[2:4] == (False, EXPIRED)
-    assert _poll(cfg(), peer, NOW + 500, act, 60.0, fresh)[2:4] == (False, EXPIRED)
+    assert _poll(config, peer, NOW + 2, act, 225.9, memo)[2:4] == (False, IDLE)
+    assert _poll(config, peer, NOW + 2, act, 226.0, memo)[2:4] == (False, EXPIRED)  # idle, then expired
+    config, memo = cfg(), PlanMemo()
+    assert _poll(config, peer, NOW, act, 60.0, memo).up
+    assert _poll(config, peer, NOW, act, 225.9, memo).up
+    assert _poll(config, peer, NOW, act, 226.0, memo)[2:4] == (False, EXPIRED)
+    assert _poll(config, peer, NOW, act, 500.0, memo)[2:4] == (False, EXPIRED)
+    # an undated handshake (no history): its wall-clock age, then the monotonic clock
+    memo = PlanMemo()
+    first = _poll(config, peer, NOW + 174.9, None, 60.0, memo)
+    assert first.up and _poll(config, peer, NOW + Y10, None, 60.05, memo) is first
+    assert _poll(config, peer, NOW + 175.0, None, 60.1, memo)[2:4] == (False, EXPIRED)
 
 
 def test_kept_verdicts_give_the_same_routes_as_fresh_ones():
@@ -254,8 +467,8 @@ def test_kept_verdicts_give_the_same_routes_as_fresh_ones():
     states = [InterfaceState("wg0", "uapi", peers)]
     memo = PlanMemo()
     desired_state(config, states, NOW, {}, 0.0, memo)
-    kept = desired_state(config, states, NOW + 100, {}, 0.0, memo)  # peers older than 80 s expire meanwhile
-    fresh = desired_state(config, states, NOW + 100, {}, 0.0)
+    kept = desired_state(config, states, NOW + 100, {}, 100.0, memo)  # peers older than 80 s expire meanwhile
+    fresh = desired_state(config, states, NOW + 100, {}, 100.0)
     assert kept.routes.keys() == fresh.routes.keys() and len(fresh.routes) == 80
     assert [(v.up, v.reason) for v in kept.verdicts] == [(v.up, v.reason) for v in fresh.verdicts]
 

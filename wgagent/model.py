@@ -20,9 +20,9 @@ AF_INET6 = 10
 
 
 # The types made by the thousand on every poll are NamedTuples, not dataclasses:
-# creation, hashing and comparison then run in C, which at 10,000 peers is most of
-# a steady-state cycle. (A NamedTuple also equals a plain tuple of the same values;
-# nothing here mixes the two.)
+# creation, hashing and comparison then run in C, and on a hub they are most of a
+# steady cycle. (A NamedTuple also equals a plain tuple of the same values; nothing
+# here mixes the two.)
 
 
 class Peer(NamedTuple):
@@ -30,7 +30,7 @@ class Peer(NamedTuple):
 
     public_key: str  # base64, as `wg` prints it
     allowed_ips: tuple[str, ...] = ()  # normalised prefixes, "10.0.31.5/32"
-    endpoint: str | None = None  # "203.0.113.7:51820" or "[2001:db8::1]:51820"
+    endpoint: str | None = None  # "203.0.113.7:51820", "[2001:db8::1]:51820", "[fe80::1%3]:51820"
     last_handshake: float = 0.0  # unix time; 0 = never
     rx_bytes: int = 0
     tx_bytes: int = 0
@@ -105,9 +105,8 @@ def parse_prefix(text: str) -> tuple[int, str, int]:
     route dumps are read back (rtnl_routes.decode), so a wanted route and the same
     route dumped compare equal. ValueError on anything that is not a prefix.
 
-    inet_pton rather than the ipaddress module: at 10,000 peers ipaddress took most of
-    a start-up (~25 us a prefix, twice per AllowedIP). Cached: each poll sees the same
-    AllowedIPs again."""
+    inet_pton rather than the ipaddress module, which costs many times more, twice per
+    AllowedIP at start-up. Cached: each poll sees the same AllowedIPs again."""
     addr, sep, length = text.partition("/")
     family = AF_INET6 if ":" in addr else AF_INET
     try:

@@ -8,6 +8,7 @@ No I/O: everything here is tested without root.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Iterable, Mapping, NamedTuple
@@ -23,47 +24,99 @@ IDLE = "idle"
 
 
 class Activity(NamedTuple):
-    """When a peer's rx counter last grew (monotonic clock). wgagent keeps this in
-    memory because the kernel cannot tell it; after a restart a peer starts fresh."""
+    """What wgagent remembers of a peer between polls, because the kernel cannot tell
+    it (after a restart a peer starts fresh): when its rx counter last grew, and when
+    its handshake happened, both on the monotonic clock.
+
+    The kernel stamps a handshake with the wall clock of the moment it happened, and an
+    OpenWrt router without RTC steps that clock by years when NTP first answers. So, as
+    unetd does, a handshake is dated on the monotonic clock at the poll that first shows
+    its value (up to one poll interval late), and aged from there; the wall clock
+    dates only a handshake seen for the first time (start-up, a new peer)."""
 
     rx_bytes: int
-    since: float
+    since: float  # rx_bytes last grew (or the peer was first seen)
+    handshake: float = 0.0  # the peer's last_handshake value the next field dates
+    handshake_mono: float | None = None  # when that handshake happened; None: not dated
 
 
 ActivityMap = Mapping[tuple[str, str], Activity]
 
 
-def track_activity(prev: ActivityMap, states: Iterable[InterfaceState], mono_now: float) -> dict:
-    """Fold one poll into the rx history. Unreadable interfaces keep their history."""
+def track_activity(prev: ActivityMap, states: Iterable[InterfaceState], mono_now: float,
+                   now: float | None = None) -> dict:
+    """Fold one poll into the history. Unreadable interfaces keep their history.
+
+    now (the wall clock) dates the handshakes of peers seen for the first time; without
+    it they stay undated, and are aged on the wall clock until their value changes."""
     out: dict[tuple[str, str], Activity] = {}
+    get = prev.get
     for state in states:
+        name = state.name
         if state.peers is None:
-            out.update({k: v for k, v in prev.items() if k[0] == state.name})
+            out.update({k: v for k, v in prev.items() if k[0] == name})
             continue
         for peer in state.peers:
-            key = (state.name, peer.public_key)
-            old = prev.get(key)
-            if old is None or peer.rx_bytes != old.rx_bytes:
-                out[key] = Activity(peer.rx_bytes, mono_now)
+            key = (name, peer.public_key)
+            old = get(key)
+            if old is not None and peer.rx_bytes == old.rx_bytes and peer.last_handshake == old.handshake \
+                    and (old.handshake_mono is not None or now is None):
+                out[key] = old  # nothing changed: the same object, on which desired_state's memo keys
+                continue
+            rx, hs = peer.rx_bytes, peer.last_handshake
+            if old is None:
+                out[key] = Activity(rx, mono_now, hs, _first_sight(hs, now, mono_now))
             else:
-                out[key] = old
+                # fewer bytes than before is a reset (peer removed and re-added, interface
+                # re-created): a new baseline, not a sign of life
+                since = mono_now if rx > old.rx_bytes else old.since
+                if hs != old.handshake:
+                    hs_mono = mono_now if hs > 0 else 0.0
+                elif old.handshake_mono is None:
+                    hs_mono = _first_sight(hs, now, mono_now)
+                else:
+                    hs_mono = old.handshake_mono
+                out[key] = Activity(rx, since, hs, hs_mono)
     return out
 
 
-def handshake_age(peer: Peer, now: float) -> float | None:
-    """Seconds since the peer's last handshake (0 for one stamped in the future); None: never."""
+def _first_sight(handshake: float, now: float | None, mono_now: float) -> float | None:
+    """The monotonic time of a handshake seen for the first time, from its wall-clock
+    age (0 for one stamped in the future); None without a wall clock to age it by."""
+    if handshake <= 0:
+        return 0.0  # never: nothing to date, and nothing to date later either
+    if now is None:
+        return None
+    return mono_now - (now - handshake if now > handshake else 0.0)
+
+
+def handshake_age(peer: Peer, now: float, activity: Activity | None = None,
+                  mono_now: float | None = None) -> float | None:
+    """Seconds since the peer's last handshake; None: never. On the monotonic clock when
+    activity (this peer's track_activity history) dates this handshake, else on the
+    wall clock (0 for a handshake stamped in the future)."""
     hs = peer.last_handshake
-    return (now - hs if now > hs else 0.0) if hs > 0 else None
+    if hs <= 0:
+        return None
+    if activity is not None and mono_now is not None and activity.handshake == hs \
+            and activity.handshake_mono is not None:
+        age = mono_now - activity.handshake_mono
+    else:
+        age = now - hs
+    return age if age > 0 else 0.0
 
 
 def presence(peer: Peer, now: float, handshake_timeout: float, idle_timeout: float,
              activity: Activity | None, mono_now: float) -> tuple[bool, str]:
     """Is the peer connected to us now? Returns (up, reason)."""
-    if peer.last_handshake <= 0:
+    return _judge(handshake_age(peer, now, activity, mono_now), handshake_timeout, idle_timeout, activity, mono_now)
+
+
+def _judge(age: float | None, handshake_timeout: float, idle_timeout: float,
+           activity: Activity | None, mono_now: float) -> tuple[bool, str]:
+    if age is None:
         return False, NEVER
-    # A handshake stamped in the future (the clock stepped back, e.g. NTP at boot on
-    # a router without RTC) counts as fresh rather than ancient.
-    if now - peer.last_handshake >= handshake_timeout:
+    if age >= handshake_timeout:
         return False, EXPIRED
     if idle_timeout > 0 and activity is not None and mono_now - activity.since >= idle_timeout:
         return False, IDLE
@@ -95,9 +148,15 @@ class Desired:
     path_routes: dict[Route, str] = field(default_factory=dict)
     # Interfaces we could not read this time: their routes stay as they are.
     frozen: set[str] = field(default_factory=set)
+    # Routes of up peers left out because they would carry the peer's own endpoint into
+    # its interface (see peer_plan): (verdict, route, the endpoint's address, e.g.
+    # "203.0.113.7" or "2001:db8::1"). Listed again at every poll while it holds, so a
+    # caller that warns does it once per change. Neither in routes nor in the
+    # verdict's routes.
+    skipped: list[tuple[PeerVerdict, Route, str]] = field(default_factory=list)
 
 
-@lru_cache(maxsize=1 << 16)  # same inputs every poll: compute once (a hot path at 10,000 peers)
+@lru_cache(maxsize=1 << 16)  # the same inputs every poll: computed once
 def peer_routes(interface: str, table: int, metric: int, route_default: bool,
                 allowed_ips: tuple[str, ...]) -> tuple[Route, ...]:
     out = []
@@ -111,7 +170,7 @@ def peer_routes(interface: str, table: int, metric: int, route_default: bool,
 
 class PeerPlan(NamedTuple):
     """What the config makes of one peer, whatever its presence: computed once per
-    (config, AllowedIPs) and reused every poll (see PlanMemo)."""
+    (config, AllowedIPs, endpoint) and reused every poll (see PlanMemo)."""
 
     allowed_ips: tuple[str, ...]
     description: str
@@ -119,6 +178,9 @@ class PeerPlan(NamedTuple):
     routes: tuple[Route, ...]
     rules: tuple[Rule, ...]
     slots: tuple[tuple[tuple[int, str, int], Route], ...]
+    endpoint: str | None = None
+    skipped: tuple[Route, ...] = ()  # routes that would carry the endpoint (see peer_plan)
+    endpoint_address: str = ""
 
 
 def peer_plan(config: Config, iface, peer: Peer) -> PeerPlan:
@@ -131,53 +193,118 @@ def peer_plan(config: Config, iface, peer: Peer) -> PeerPlan:
         if pconf.source_table is not None:
             source_table = pconf.source_table
     routes: tuple[Route, ...] = ()
+    skipped: tuple[Route, ...] = ()
+    address = ""
     if pconf is None or pconf.route:
         routes = peer_routes(iface.name, iface.table, iface.metric, iface.route_default, peer.allowed_ips)
+        # A route that holds the peer's own endpoint would carry the encrypted packets
+        # into the tunnel itself: the session dies, the route goes, and round again. So
+        # such a prefix is skipped. Not a host exception for the endpoint instead (as
+        # wg-quick's users add by hand): that needs the endpoint's current route, i.e.
+        # I/O outside this core, and would fight netifd or wg-quick for the default
+        # path. Only in the tables of the kernel's own rules, which every packet of the
+        # router looks up; any other table carries only what some rule sends there,
+        # rules wgagent does not see (wg-quick exempts its own packets by fwmark).
+        endpoint = endpoint_address(peer.endpoint) if routes and iface.table in _EVERY_PACKETS_TABLES else None
+        if endpoint is not None:
+            skipped = _covering(routes, endpoint)
+            if skipped:
+                routes = tuple(r for r in routes if r not in skipped)
+                address = endpoint[2]
     return PeerPlan(peer.allowed_ips, pconf.description if pconf else "", idle, routes,
                     peer_rules(source_table, config.agent.rule_priority, peer.allowed_ips),
-                    tuple((r.slot, r) for r in routes))
+                    tuple((r.slot, r) for r in routes), peer.endpoint, skipped, address)
+
+
+# local, main, default: the tables of the kernel's own rules (0, 32766, 32767)
+_EVERY_PACKETS_TABLES = frozenset((255, 254, 253))
+
+
+def endpoint_address(endpoint: str | None) -> tuple[int, int, str] | None:
+    """'203.0.113.7:51820' or '[2001:db8::1]:51820' -> (family, address as an integer,
+    address as inet_ntop spells it, as routes are). None: no endpoint, one we cannot
+    read, or one with a scope ('[fe80::1%3]:51820'), which goes out of that interface
+    whatever the routes say."""
+    if not endpoint:
+        return None
+    host = endpoint.rpartition(":")[0]
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if "%" in host:
+        return None
+    family = AF_INET6 if ":" in host else AF_INET
+    try:
+        packed = socket.inet_pton(family, host)
+    except OSError:
+        return None
+    return family, int.from_bytes(packed, "big"), socket.inet_ntop(family, packed)
+
+
+def _covering(routes: tuple[Route, ...], endpoint: tuple[int, int, str]) -> tuple[Route, ...]:
+    """The routes whose prefix holds the endpoint's address."""
+    family, value, address = endpoint
+    bits, v6 = (128, True) if family == AF_INET6 else (32, False)
+    out = []
+    for route in routes:
+        if route.prefixlen == bits:  # a host route (most of a hub's): the same spelling or not
+            if route.dst == address:
+                out.append(route)
+        elif (":" in route.dst) == v6:
+            shift = bits - route.prefixlen
+            if int.from_bytes(socket.inet_pton(family, route.dst), "big") >> shift == value >> shift:
+                out.append(route)
+    return tuple(out)
 
 
 class PlanMemo:
     """Peer plans and verdicts of the last poll, for one config. The caller keeps it
-    between polls; desired_state() starts it afresh when the config object changes (or
-    the wall clock steps back) and keeps only the peers it saw, so it never outgrows
-    the interfaces."""
+    between polls; desired_state() starts it afresh when the config object changes and
+    keeps only the peers it saw, so it never outgrows the interfaces."""
 
     def __init__(self):
         self.config: Config | None = None
         self.plans: dict[tuple[str, str], PeerPlan] = {}
         # (interface, key) -> (the Peer object, its Activity object, verdict, valid until
-        # wall time, valid until monotonic time)
+        # monotonic time)
         self.verdicts: dict[tuple[str, str], tuple] = {}
-        self.now = 0.0
 
 
 _FOREVER = float("inf")
 _new_verdict = tuple.__new__  # PeerVerdict(...) without a NamedTuple's Python-level __new__
 
 
-def _valid_until(peer: Peer, up: bool, timeout: float, idle: float, activity: Activity | None) -> tuple[float, float]:
-    """Until when (wall, monotonic) a verdict stands if neither the peer nor its rx
-    history changes: an up peer until its handshake expires or it falls idle; a down
-    one for good (only a new handshake or new traffic, i.e. a changed peer, lifts it)."""
-    if not up:
-        return _FOREVER, _FOREVER
-    mono = activity.since + idle if idle > 0 and activity is not None else _FOREVER
-    return peer.last_handshake + timeout, mono
+def _valid_until(reason: str, age: float, timeout: float, idle: float, activity: Activity | None,
+                 mono_now: float) -> float:
+    """Until when (monotonic) a verdict stands if neither the peer nor its history
+    changes: an up peer's until its handshake expires or it falls idle; an idle one's
+    until its handshake expires (it then reads expired, as a fresh verdict would); any
+    other for good (only a new handshake, i.e. a changed peer, lifts it). Only the
+    monotonic clock: a step of the wall clock changes no verdict."""
+    if reason == UP:
+        until = mono_now - age + timeout
+        if idle > 0 and activity is not None and activity.since + idle < until:
+            return activity.since + idle
+        return until
+    if reason == IDLE:
+        return mono_now - age + timeout
+    return _FOREVER
 
 
 def desired_state(config: Config, states: Iterable[InterfaceState], now: float,
                   activity: ActivityMap, mono_now: float, memo: PlanMemo | None = None) -> Desired:
-    """Verdicts for every observed peer of a configured interface, and the routes
-    the kernel should hold. When two up peers claim the same prefix in the same
+    """Verdicts for every observed peer of a configured interface, the routes the
+    kernel should hold, and the routes left out because they would carry a peer's own
+    endpoint (Desired.skipped). When two up peers claim the same prefix in the same
     table, the one with the newer handshake wins (ties: interface, then key).
 
-    This runs for every peer on every poll, so the per-peer config work is memoised
-    (at 10,000 peers, each microsecond here is 10 ms of CPU per poll)."""
+    activity is track_activity's history of the same poll: it dates handshakes and rx
+    on the monotonic clock; a peer without one is judged by the wall clock (status).
+
+    This runs for every peer on every poll, so the per-peer config work is memoised,
+    and a verdict stands while its Peer object and history do (see PlanMemo)."""
     result = Desired()
     memo = memo or PlanMemo()
-    fresh = memo.config is not config or now < memo.now  # a new config, or the clock stepped back
+    fresh = memo.config is not config
     old_plans = {} if fresh else memo.plans
     old_verdicts = {} if fresh else memo.verdicts
     plans: dict[tuple[str, str], PeerPlan] = {}
@@ -199,28 +326,32 @@ def desired_state(config: Config, states: Iterable[InterfaceState], now: float,
             prev = old_verdicts.get(key)
             # the same Peer object (wg_uapi's memo: an unchanged block) with the same rx
             # history, and no deadline passed: the verdict stands (its handshake_age is
-            # then as of when it was made; the daemon's log lines compute their own)
-            if prev is not None and prev[0] is peer and prev[1] is act and now < prev[3] and mono_now < prev[4]:
+            # then as of when it was made; log lines compute their own with
+            # handshake_age(peer, now, activity, mono_now))
+            if prev is not None and prev[0] is peer and prev[1] is act and mono_now < prev[3]:
                 verdict = prev[2]
                 plan = plans[key] = old_plans[key]
                 kept[key] = prev
                 up = verdict.up
             else:
                 plan = old_plans.get(key)
-                if plan is None or plan.allowed_ips != peer.allowed_ips:
+                if plan is None or plan.allowed_ips != peer.allowed_ips or plan.endpoint != peer.endpoint:
                     plan = peer_plan(config, iface, peer)
                 plans[key] = plan
-                up, reason = presence(peer, now, timeout, plan.idle_timeout, act, mono_now)
-                verdict = _new_verdict(PeerVerdict, (name, peer, up, reason, handshake_age(peer, now),
+                age = handshake_age(peer, now, act, mono_now)
+                up, reason = _judge(age, timeout, plan.idle_timeout, act, mono_now)
+                verdict = _new_verdict(PeerVerdict, (name, peer, up, reason, age,
                                                      plan.description, plan.routes, plan.rules))
-                kept[key] = (peer, act, verdict, *_valid_until(peer, up, timeout, plan.idle_timeout, act))
+                kept[key] = (peer, act, verdict, _valid_until(reason, age, timeout, plan.idle_timeout, act, mono_now))
             verdicts.append(verdict)
             if up:
                 for slot, route in plan.slots:
                     rival = claims.get(slot)
-                    if rival is None or _newer(verdict, rival[1]):
+                    if rival is None or _newer(verdict, rival[1], now, activity, mono_now):
                         claims[slot] = (route, verdict)
-    memo.config, memo.plans, memo.verdicts, memo.now = config, plans, kept, now
+                if plan.skipped:
+                    result.skipped += [(verdict, r, plan.endpoint_address) for r in plan.skipped]
+    memo.config, memo.plans, memo.verdicts = config, plans, kept
     result.routes = dict(claims.values())
     return result
 
@@ -354,9 +485,13 @@ def plan_rules(desired: Iterable[Rule], owned: Iterable[Rule]) -> RulePlan:
     return RulePlan(add=sorted(want - have), delete=sorted(have - want))
 
 
-def _newer(a: PeerVerdict, b: PeerVerdict) -> bool:
-    return (-a.peer.last_handshake, a.interface, a.peer.public_key) < \
-           (-b.peer.last_handshake, b.interface, b.peer.public_key)
+def _newer(a: PeerVerdict, b: PeerVerdict, now: float, activity: ActivityMap, mono_now: float) -> bool:
+    """Has a the newer handshake (ties: interface, then key)? By the ages now: not the
+    verdicts' (a kept verdict's is as of when it was made), nor the wall-clock stamps
+    (across a step of the clock their order is not the handshakes')."""
+    age_a = handshake_age(a.peer, now, activity.get((a.interface, a.peer.public_key)), mono_now)
+    age_b = handshake_age(b.peer, now, activity.get((b.interface, b.peer.public_key)), mono_now)
+    return (age_a, a.interface, a.peer.public_key) < (age_b, b.interface, b.peer.public_key)
 
 
 @dataclass
