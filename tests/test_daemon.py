@@ -316,9 +316,15 @@ def test_a_clock_stepped_back_by_thirty_days_keeps_no_departed_peer(world, idle)
     assert d.reconcile() and world.routes() == {"10.0.31.5/32"}
     world.clocks.wall -= 30 * 86400  # the handshake now looks 30 days in the future
     # the peer leaves: no new handshake, no rx
-    world.clocks.step(100)
+    world.clocks.step(100 if not idle else 20)
     d.reconcile()
     assert world.routes() == {"10.0.31.5/32"}
+    if idle:
+        world.clocks.step(20)  # its rx stopped 40 s ago: idle, whatever the clocks say
+        d.reconcile()
+        assert world.routes() == set()
+        assert world.log.events("peer_down")[0]["reason"] == "idle"
+        return
     world.clocks.step(90)  # 195 s after its handshake, on the monotonic clock
     d.reconcile()
     assert world.routes() == set()
@@ -442,3 +448,21 @@ def test_the_idle_directory_must_be_ours(world, tmp_path):
     d.reconcile()
     assert os.listdir(elsewhere) == []
     assert world.log.events("state_write_failed")
+
+
+def test_a_route_that_would_carry_the_peers_endpoint_is_skipped_and_said_once(world):
+    d = world.daemon()
+    p = Peer(K1, ("0.0.0.0/1", "128.0.0.0/1"), "203.0.113.7:51820", WALL0 - 5, 0, 0, 0)
+    world.sources.peers["wg0"] = (p,)
+    for _ in range(3):
+        world.clocks.step(1)
+        assert d.reconcile()
+    assert world.routes() == {"0.0.0.0/1"}, "128.0.0.0/1 holds 203.0.113.7: the tunnel would carry itself"
+    said = world.log.events("route_skipped")
+    assert len(said) == 1 and said[0]["prefix"] == "128.0.0.0/1" and said[0]["endpoint"] == "203.0.113.7"
+    assert said[0]["peer"] == K1[:8]
+    # it roams to an address inside the other half: the skip follows, said again
+    world.sources.peers["wg0"] = (p._replace(endpoint="10.9.9.9:51820"),)
+    world.clocks.step(1)
+    assert d.reconcile() and world.routes() == {"128.0.0.0/1"}
+    assert [kw["prefix"] for kw in world.log.events("route_skipped")] == ["128.0.0.0/1", "0.0.0.0/1"]

@@ -23,7 +23,6 @@ import pytest
 
 from .daemonctl import Agent, owned_prefixes, wait_for
 from .test_routes_netns import POLL, Site
-from .ubus_double.server import UbusDouble
 
 pytestmark = pytest.mark.root
 

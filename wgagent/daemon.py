@@ -47,7 +47,7 @@ class Daemon:
 
     def reconcile(self) -> bool:
         """One pass; True when it observed and applied everything it meant to."""
-        mono = self.mono()
+        mono, wall = self.mono(), self.clock()
         try:
             links, states = self.observer.peers()
         except OSError as e:
@@ -56,14 +56,14 @@ class Daemon:
             return False
         self.reporter.read_ok("links")
         self.reporter.interface_states(states)
-        self.activity = track_activity(self.activity, states, mono)
+        self.activity = track_activity(self.activity, states, mono, wall)
         keep: set[str] = set()
         if self.config.agent.enabled:
-            desired = desired_state(self.config, states, self.clock(), self.activity, mono, self.plans)
+            desired = desired_state(self.config, states, wall, self.activity, mono, self.plans)
             keep = desired.frozen - self._released(states, mono)
             # an interface unreadable this pass keeps what we knew of its peers (routes and rules stay)
             desired.verdicts += [v for v in self.last_desired.verdicts if v.interface in keep]
-            self.reporter.skipped_routes(getattr(desired, "skipped", ()))  # XXX core branch
+            self.reporter.skipped_routes(desired.skipped)
         else:
             desired = Desired()
         self.reporter.peers(desired, {s.name for s in states if s.backend}, keep)
@@ -92,7 +92,7 @@ class Daemon:
             self.reporter.read_failed("apply", e, event="apply_failed")
             return False
         self.reporter.read_ok("apply")
-        self.reporter.changes(done, desired, previous, self.clock())
+        self.reporter.changes(done, desired, previous, wall, self.activity, mono)
         return not r.dirty
 
     def _released(self, states, mono: float) -> set[str]:

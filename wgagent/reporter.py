@@ -240,7 +240,7 @@ class Reporter:
 
     # --- what a pass changed
 
-    def changes(self, done: dict, desired: Desired, previous: Desired, now: float) -> None:
+    def changes(self, done: dict, desired: Desired, previous: Desired, now: float, activity, mono: float) -> None:
         """done: (event, interface, owner) -> the routes or rules of that change."""
         verdicts = {f"peer {v.label}": v for v in desired.verdicts} if done else {}
         lines = []
@@ -253,9 +253,10 @@ class Reporter:
                 fields["rules"] = "; ".join(r.describe() for r in items)
             v = verdicts.get(owner)
             if v is not None:
-                # from the clock, not v.handshake_age: a verdict kept from an earlier
+                # from the clocks, not v.handshake_age: a verdict kept from an earlier
                 # poll (policy.desired_state) carries the age it had then
-                fields.update(peer=v.label, handshake_age=_age(handshake_age(v.peer, now)), reason=v.reason)
+                age = handshake_age(v.peer, now, activity.get((v.interface, v.peer.public_key)), mono)
+                fields.update(peer=v.label, handshake_age=_age(age), reason=v.reason)
             elif owner.startswith("peer "):
                 fields.update(peer=owner[5:], reason="peer-removed")
             elif owner == "-":
