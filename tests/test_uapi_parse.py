@@ -1,12 +1,10 @@
 """UAPI answers (the cross-platform userspace protocol) parsed into peers. No root."""
 
 import base64
-import struct
 
 import pytest
 
-from wgagent import rtnl, rtnl_rules, wg_uapi
-from wgagent.model import RTPROT_WGAGENT
+from wgagent import wg_uapi
 
 HEX1 = "58402e695ba1772b1cc9309755f043251ea77fdcf10fbe63989ceae59e2b1c47"
 HEX2 = "662e14fd594556f522604703340351258903b64f35553763f19426ab2a515c58"
@@ -85,27 +83,6 @@ def test_no_peers():
 def test_errors(answer, fragment):
     with pytest.raises(wg_uapi.UapiError, match=fragment):
         wg_uapi.parse(answer)
-
-
-def _nlmsg(mtype: int, body: bytes) -> bytes:
-    return struct.pack("=IHHII", 16 + len(body), mtype, 0, 0, 0) + body
-
-
-def _rtmsg(proto: int) -> bytes:
-    return bytes([2, 32, 0, 0, 254, proto, 0, 1]) + b"\0" * 4
-
-
-def test_event_filter_ignores_only_our_own_additions():
-    assert not rtnl.relevant(_nlmsg(rtnl.RTM_NEWROUTE, _rtmsg(RTPROT_WGAGENT)))
-    assert rtnl.relevant(_nlmsg(rtnl.RTM_NEWROUTE, _rtmsg(4)))
-    assert rtnl.relevant(_nlmsg(rtnl.RTM_DELROUTE, _rtmsg(RTPROT_WGAGENT)))
-    assert rtnl.relevant(_nlmsg(rtnl.RTM_NEWLINK, b"\0" * 16))
-    ours = _nlmsg(rtnl.RTM_NEWROUTE, _rtmsg(RTPROT_WGAGENT))
-    assert rtnl.relevant(ours + _nlmsg(rtnl.RTM_DELADDR, b"\0" * 8))
-    rule_attr = struct.pack("=HHB3x", 5, rtnl_rules.FRA_PROTOCOL, RTPROT_WGAGENT)
-    assert not rtnl.relevant(_nlmsg(rtnl.RTM_NEWRULE, b"\0" * 12 + rule_attr))
-    other = struct.pack("=HHB3x", 5, rtnl_rules.FRA_PROTOCOL, 3)
-    assert rtnl.relevant(_nlmsg(rtnl.RTM_NEWRULE, b"\0" * 12 + other))
 
 
 def test_the_memo_gives_back_the_same_peer_for_an_unchanged_block():
