@@ -1,10 +1,8 @@
 """A NETLINK_ROUTE socket of our own: requests in batches, each acknowledged, and dumps.
 
 The wire format is small and stable (linux/netlink.h): a 16-byte header per message,
-then a fixed struct and type-length-value attributes padded to 4 bytes. Speaking it
-directly rather than through pyroute2 takes a few hundred lines for everything the
-daemon needs (links, addresses, routes, rules) and keeps pyroute2's ~10-12 MB of
-RSS out of a process that runs on routers (see README "Dependencies").
+then a fixed struct and type-length-value attributes padded to 4 bytes. It is spoken
+directly, not through pyroute2, which the daemon never imports (why: bench/NOTES.md).
 """
 
 from __future__ import annotations

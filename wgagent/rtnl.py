@@ -2,12 +2,9 @@
 
 Everything here is the project's own netlink code (netlink.py for the socket and
 the wire format; rtnl_links, rtnl_routes and rtnl_rules for each kind of object),
-not pyroute2: its IPRoute, used for links, addresses and rules until then, took
-the daemon from 24.4 MB to 34.4 MB of RSS (pyroute2 0.9.7; 36.0 MB with OpenWrt
-24.10's 0.7.9), over the 35 MB it may use on a router. Events come from a second
-socket, bound to the link, address, route and rule groups: the daemon only needs
-to know *that* something changed, so it reads message headers and decodes nothing
-else.
+not pyroute2 (why: bench/NOTES.md). Events come from a second socket, bound to the
+link, address, route and rule groups: the daemon only needs to know *that*
+something changed, so it reads message headers and decodes nothing else.
 """
 
 from __future__ import annotations

@@ -1,11 +1,10 @@
 """Routes: the rtnetlink encoding of route changes and the decoding of route dumps.
 
-Routes are the one hot path at scale: at 10,000 peers pyroute2 cost ~0.35 ms per
-route request (one request, one wait for its answer) and ~75 us per dumped route
-to decode, so converging from empty took ~4 s and each resync ~0.7 s of router
-CPU. Their wire format is small and stable (struct rtmsg + five attributes), so
-they are encoded here and sent many requests per datagram (netlink.NetlinkSocket);
-every request still gets its own acknowledgement, matched by sequence number.
+Routes are the one hot path at scale (thousands per start, a dump per resync;
+figures in bench/NOTES.md). Their wire format is small and stable (struct rtmsg +
+five attributes), so they are encoded here and sent many requests per datagram
+(netlink.NetlinkSocket); every request still gets its own acknowledgement, matched
+by sequence number.
 """
 
 from __future__ import annotations

@@ -3,9 +3,8 @@
 The protocol is small and fixed (include/uapi/linux/wireguard.h): one dump request,
 WG_CMD_GET_DEVICE by interface name; the answer is nested attributes. It is decoded
 here with struct, as wireguard-tools does in C, rather than through pyroute2's
-generic NLA classes: those build a Python object per attribute, which at 1,000 peers
-made the dump's decoding cost more than the whole rest of a cycle (see
-bench/RESULTS-kernel.md).
+generic NLA classes, which build a Python object per attribute (the cost of each:
+bench/NOTES.md).
 
 Kernel quirks handled here and nowhere else:
 - a device dump is split over many messages when it is large; a peer whose
@@ -153,8 +152,8 @@ def merge_dump(messages, memo: dict | None = None) -> tuple[tuple[Peer, ...], bo
                     acc[hit.public_key] = hit
                     raws[hit.public_key] = attrs_raw
                     continue
-                # One peer's attributes, walked inline: this loop runs ~10 times per
-                # peer per poll, and a generator here was half the cost of a dump.
+                # One peer's attributes, walked inline: this loop runs for every attribute
+                # of every peer on every poll, and a generator here was the dump's largest cost.
                 key, ips, endpoint, hs, rx, tx, ka = None, (), False, None, None, None, None
                 while off < p_end:
                     length, kind = unpack_nla(buf, off)

@@ -65,9 +65,9 @@ def _hex_key(value: str) -> str:
 
 
 # A peer block as wireguard-go writes it (after its "public_key="), matched whole in C:
-# at 10,000 peers a poll is 100,000 lines, and a Python loop over them was the largest
-# cost of a cycle. Any answer of another shape (boringtun's order, future keys) goes
-# line by line.
+# a poll is ten lines per peer, and a Python loop over them was the largest cost of a
+# cycle at scale (bench/NOTES.md). Any answer of another shape (boringtun's order,
+# future keys) goes line by line.
 _PEER_BLOCK = re.compile(
     r"([0-9a-f]{64})\n"
     r"(?:preshared_key=[0-9a-f]{64}\n)?"
