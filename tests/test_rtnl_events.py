@@ -27,3 +27,11 @@ def test_event_filter_ignores_only_our_own_additions():
     assert not rtnl.relevant(_nlmsg(rtnl.RTM_NEWRULE, b"\0" * 12 + rule_attr))
     other = struct.pack("=HHB3x", 5, rtnl_rules.FRA_PROTOCOL, 3)
     assert rtnl.relevant(_nlmsg(rtnl.RTM_NEWRULE, b"\0" * 12 + other))
+
+
+def test_event_batches_that_do_not_parse_are_taken_for_a_change():
+    ours = _nlmsg(rtnl.RTM_NEWROUTE, _rtmsg(RTPROT_WGAGENT))
+    assert not rtnl.relevant(ours)
+    assert rtnl.relevant(ours[:-3])  # cut short
+    assert rtnl.relevant(_nlmsg(rtnl.RTM_NEWROUTE, b"\x02\x20"))  # no room for the protocol byte
+    assert rtnl.relevant(ours + b"\0" * 5)
