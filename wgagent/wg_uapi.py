@@ -3,11 +3,18 @@
 The protocol (wireguard.com/xplatform): send "get=1\\n\\n"; the answer is key=value
 lines, interface keys first, then one block per peer starting at public_key=,
 ended by errno=N and an empty line. Keys are hex here (base64 everywhere else).
+
+Errors: UapiError (an OSError) and nothing else, whatever the socket answers:
+the socket's own errors (ECONNREFUSED, ETIMEDOUT, ...), the answer's errno when it
+is not 0, EPROTO for an answer that does not parse. Numbers are unsigned and at
+most 20 digits (a u64's width): a longer one is refused, never turned into an
+OverflowError or Python's ValueError for over-long integers.
 """
 
 from __future__ import annotations
 
 import base64
+import errno as errno_
 import os
 import re
 import socket
@@ -30,23 +37,41 @@ def exists(ifname: str, directory: str = SOCKET_DIR) -> bool:
 
 
 def request(path: str, timeout: float = 2.0) -> bytes:
-    """One get=1 exchange; returns the raw answer up to and including errno=."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(path)
-        s.sendall(b"get=1\n\n")
-        chunks: list[bytes] = []
-        tail = b""
-        while True:
-            chunk = s.recv(262144)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            tail = chunk[-64:] if len(chunk) >= 64 else (tail + chunk)[-64:]
-            # wireguard-go keeps the connection open: the answer ends at "errno=N\n\n"
-            if tail.endswith(b"\n\n") and (b"\nerrno=" in tail or tail.startswith(b"errno=")):
-                break
+    """One get=1 exchange; returns the raw answer up to and including errno=.
+    UapiError for any failure of the socket, naming the path."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
+            s.settimeout(timeout)
+            s.connect(path)
+            s.sendall(b"get=1\n\n")
+            chunks: list[bytes] = []
+            tail = b""
+            while True:
+                chunk = s.recv(262144)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                tail = chunk[-64:] if len(chunk) >= 64 else (tail + chunk)[-64:]
+                # wireguard-go keeps the connection open: the answer ends at "errno=N\n\n"
+                if tail.endswith(b"\n\n") and (b"\nerrno=" in tail or tail.startswith(b"errno=")):
+                    break
+    except TimeoutError:
+        raise UapiError(errno_.ETIMEDOUT, f"{path}: no answer within {timeout:g} s") from None
+    except OSError as e:
+        raise UapiError(e.errno or errno_.EIO, f"{path}: {e.strerror or e}") from None
     return b"".join(chunks)
+
+
+def _bad(detail: str) -> UapiError:
+    return UapiError(errno_.EPROTO, detail)
+
+
+def _number(value: str) -> int:
+    """An unsigned decimal of at most 20 digits (int() would also take signs, '_',
+    spaces and other scripts' digits, and raise ValueError past 4,300 digits)."""
+    if not (0 < len(value) <= 20 and value.isascii() and value.isdigit()):
+        raise ValueError("not an unsigned number of at most 20 digits")
+    return int(value)
 
 
 _keys: dict[str, str] = {}  # hex -> base64: the same keys come back every poll
@@ -68,16 +93,18 @@ def _hex_key(value: str) -> str:
 # a poll is ten lines per peer, and a Python loop over them was the largest cost of a
 # cycle at scale (bench/NOTES.md). Any answer of another shape (boringtun's order,
 # future keys) goes line by line.
+# Its numbers are matched as _number() reads them (ASCII, at most 20 digits), so that
+# no number that reaches int() and float() here can overflow.
 _PEER_BLOCK = re.compile(
     r"([0-9a-f]{64})\n"
     r"(?:preshared_key=[0-9a-f]{64}\n)?"
-    r"(?:protocol_version=\d+\n)?"
+    r"(?:protocol_version=[0-9]{1,20}\n)?"
     r"(?:endpoint=([^\n]*)\n)?"
-    r"last_handshake_time_sec=(\d+)\n"
-    r"last_handshake_time_nsec=(\d+)\n"
-    r"tx_bytes=(\d+)\n"
-    r"rx_bytes=(\d+)\n"
-    r"persistent_keepalive_interval=(\d+)\n"
+    r"last_handshake_time_sec=([0-9]{1,20})\n"
+    r"last_handshake_time_nsec=([0-9]{1,20})\n"
+    r"tx_bytes=([0-9]{1,20})\n"
+    r"rx_bytes=([0-9]{1,20})\n"
+    r"persistent_keepalive_interval=([0-9]{1,20})\n"
     r"((?:allowed_ip=[^\n]*\n)*)")
 _allowed: dict[str, tuple[str, ...]] = {}  # the allowed_ip lines of a block -> prefixes
 _new_peer = tuple.__new__  # Peer(...) without the Python-level __new__ of a NamedTuple
@@ -94,13 +121,16 @@ def parse(answer: bytes, memo: dict | None = None) -> tuple[Peer, ...]:
     text = answer.decode("utf-8", "replace")
     body, sep, tail = text.rpartition("errno=")
     if not sep or (body and not body.endswith("\n")):
-        raise UapiError("UAPI answer ended without errno=")
-    try:
-        errno = int(tail.strip())
+        raise _bad("UAPI answer ended without errno=")
+    value = tail.strip()
+    try:  # wireguard-go writes its errors negative (errno=-5), others positive
+        errno = -_number(value[1:]) if value.startswith("-") else _number(value)
     except ValueError:
-        raise UapiError(f"bad UAPI value 'errno={tail.strip()}'") from None
+        raise _bad(f"bad UAPI value 'errno={value[:40]}'") from None
     if errno != 0:
-        raise UapiError(f"UAPI returned errno={errno} ({os.strerror(errno)})")
+        code = abs(errno)
+        known = f" ({os.strerror(code)})" if code < 4096 else ""
+        raise UapiError(code if code < 4096 else errno_.EIO, f"UAPI returned errno={errno}{known}")
     if body.count("=") != body.count("\n"):
         return _parse_lines(body)  # a line that is not one key=value: let it name the line
     blocks = ("\n" + body).split("\npublic_key=")
@@ -153,7 +183,7 @@ def _parse_lines(body: str) -> tuple[Peer, ...]:
             continue
         key, sep, value = line.partition("=")
         if not sep:
-            raise UapiError(f"malformed UAPI line {line!r}")
+            raise _bad(f"malformed UAPI line {line[:80]!r}")
         try:
             if key == "public_key":
                 flush()
@@ -166,9 +196,9 @@ def _parse_lines(body: str) -> tuple[Peer, ...]:
             elif key == "endpoint":
                 cur["endpoint"] = value
             elif key in _NUMBERS:
-                cur[_NUMBERS[key]] = int(value)
+                cur[_NUMBERS[key]] = _number(value)
         except ValueError as e:
-            raise UapiError(f"bad UAPI value {line!r}: {e}") from None
+            raise _bad(f"bad UAPI value {line[:80]!r}: {e}") from None
     flush()
     return tuple(peers)
 
