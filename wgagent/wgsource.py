@@ -1,7 +1,8 @@
 """Where a WireGuard interface's peers come from, picked per interface.
 
-As in wireguard-tools' ipc.c: a UAPI socket means a userspace implementation
-(wireguard-go, boringtun); otherwise a link of kind "wireguard" is the kernel's.
+A link of kind "wireguard" is the kernel's, whatever sockets lie around (a leftover
+UAPI socket must not take a kernel interface's peers away); otherwise a UAPI socket
+means a userspace implementation (wireguard-go, boringtun).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ class PeerSources:
     def backend(self, name: str, link: Link | None) -> str:
         if link is None:
             return ""
-        if wg_uapi.exists(name, self.uapi_dir):
-            return "uapi"
         if link.kind == "wireguard":
             return "kernel"
+        if wg_uapi.exists(name, self.uapi_dir):
+            return "uapi"
         return ""
 
     def read(self, name: str, link: Link | None) -> InterfaceState:
