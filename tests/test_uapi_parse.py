@@ -162,14 +162,14 @@ def test_twenty_digits_still_parse_on_both_paths(monkeypatch):
 def test_a_real_socket_answering_garbage(tmp_path, case):
     with UapiServer(str(tmp_path), GARBAGE[case]) as server:
         with pytest.raises(wg_uapi.UapiError) as e:
-            wg_uapi.read_peers("wg0", str(tmp_path))
+            wg_uapi.UapiWireGuard(str(tmp_path)).read_peers("wg0")
     assert e.value.errno == errno.EPROTO and server.requests == 1
 
 
 def test_a_real_socket_closing_without_an_answer(tmp_path):
     with UapiServer(str(tmp_path), b""):
         with pytest.raises(wg_uapi.UapiError, match="ended without errno="):
-            wg_uapi.read_peers("wg0", str(tmp_path))
+            wg_uapi.UapiWireGuard(str(tmp_path)).read_peers("wg0")
 
 
 def test_a_real_socket_that_never_answers_times_out(tmp_path):

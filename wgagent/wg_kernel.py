@@ -26,9 +26,13 @@ import base64
 import errno as errno_
 import socket
 import struct
+from typing import TYPE_CHECKING
 
 from .model import Peer, normalize_prefix
 from .netlink import NETLINK_GENERIC, NLA, NLA_TYPE_MASK, NetlinkSocket, attr, attrs
+
+if TYPE_CHECKING:
+    from .rtnl_links import Link
 
 GENL_ID_CTRL = 0x10
 CTRL_CMD_GETFAMILY = 3
@@ -240,14 +244,21 @@ def _payload(data: bytes, _mtype: int, off: int, end: int) -> bytes:
 
 
 class KernelWireGuard:
-    """Peers of kernel WireGuard interfaces, over one generic netlink socket, opened
-    (and the family's id looked up) on first use and kept; closed after any error,
-    and opened afresh on the next read, so a half-read answer never lingers."""
+    """The kernel backend (see wgsource.Backend): peers of kernel WireGuard
+    interfaces, over one generic netlink socket, opened (and the family's id looked
+    up) on first use and kept; closed after any error, and opened afresh on the next
+    read, so a half-read answer never lingers."""
+
+    kind = "kernel"
 
     def __init__(self):
         self._sock: NetlinkSocket | None = None
         self._family = 0
         self._memo: dict[str, dict] = {}  # per interface: see merge_dump
+
+    def serves(self, name: str, link: Link) -> str:
+        """A link of kind wireguard is the kernel's, whatever sockets lie around."""
+        return "" if link.kind == "wireguard" else f"kind {link.kind or 'none'!r}"
 
     def _open(self):
         try:

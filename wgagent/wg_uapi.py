@@ -18,8 +18,12 @@ import errno as errno_
 import os
 import re
 import socket
+from typing import TYPE_CHECKING
 
 from .model import Peer, normalize_prefix
+
+if TYPE_CHECKING:
+    from .rtnl_links import Link
 
 SOCKET_DIR = "/var/run/wireguard"
 
@@ -207,5 +211,21 @@ _NUMBERS = {"last_handshake_time_sec": "sec", "last_handshake_time_nsec": "nsec"
             "tx_bytes": "tx", "persistent_keepalive_interval": "keepalive"}
 
 
-def read_peers(ifname: str, directory: str = SOCKET_DIR, memo: dict | None = None) -> tuple[Peer, ...]:
-    return parse(request(socket_path(ifname, directory)), memo)
+class UapiWireGuard:
+    """The userspace backend (see wgsource.Backend): peers of wireguard-go or
+    boringtun interfaces, each read over DIRECTORY/IFNAME.sock, one connection a read."""
+
+    kind = "uapi"
+
+    def __init__(self, directory: str = SOCKET_DIR):
+        self.directory = directory
+        self._memo: dict[str, dict] = {}  # per interface: see parse
+
+    def serves(self, name: str, link: Link) -> str:
+        return "" if exists(name, self.directory) else "no UAPI socket"
+
+    def read_peers(self, ifname: str) -> tuple[Peer, ...]:
+        return parse(request(socket_path(ifname, self.directory)), self._memo.setdefault(ifname, {}))
+
+    def close(self):
+        self._memo.clear()
