@@ -9,6 +9,13 @@ the socket's own errors (ECONNREFUSED, ETIMEDOUT, ...), the answer's errno when 
 is not 0, EPROTO for an answer that does not parse. Numbers are unsigned and at
 most 20 digits (a u64's width): a longer one is refused, never turned into an
 OverflowError or Python's ValueError for over-long integers.
+
+Which sockets count (as wireguard-tools' userspace_has_wireguard_interface, and
+stricter): only a socket (S_ISSOCK) that accepts a connection serves an interface;
+a plain file or a socket its process left behind is no UAPI socket. One that is not
+root's (nor the daemon's own uid's), by its owner or by the credentials of whoever
+listens on it, is refused: whoever serves it would choose the AllowedIPs that the
+daemon puts in the routing tables.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import errno as errno_
 import os
 import re
 import socket
+import stat
+import struct
 from typing import TYPE_CHECKING
 
 from .model import Peer, normalize_prefix
@@ -36,8 +45,48 @@ def socket_path(ifname: str, directory: str = SOCKET_DIR) -> str:
     return os.path.join(directory, ifname + ".sock")
 
 
-def exists(ifname: str, directory: str = SOCKET_DIR) -> bool:
-    return os.path.exists(socket_path(ifname, directory))
+def probe(path: str, timeout: float = 2.0) -> str:
+    """Why `path` is no UAPI socket to read; "" when it is one: a socket that accepts
+    a connection (or is too busy to within the timeout: the read will say so). Who
+    owns it is request()'s to check, so that a foreign socket is reported, not
+    passed over."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "no UAPI socket"
+    except OSError as e:
+        return f"{path}: {e.strerror}"
+    if not stat.S_ISSOCK(st.st_mode):
+        return f"{path} is not a socket"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return f"nothing listens on {path} (a stale socket)"
+        except OSError:
+            pass
+    return ""
+
+
+_CREDS = struct.Struct("=iII")  # struct ucred: pid, uid, gid
+
+
+def _trusted(uid: int) -> bool:
+    return uid == 0 or uid == os.geteuid()
+
+
+def _connect(s: socket.socket, path: str) -> None:
+    """Connect to a UAPI socket only if root (or our own uid) owns it and listens on
+    it. The owner is checked before, the listener's credentials (SO_PEERCRED: as of
+    its listen()) after: a socket swapped in between is caught by the second."""
+    owner = os.stat(path).st_uid
+    if not _trusted(owner):
+        raise UapiError(errno_.EPERM, f"refusing {path}: owned by uid {owner}, not root")
+    s.connect(path)
+    pid, uid, _gid = _CREDS.unpack(s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size))
+    if not _trusted(uid):
+        raise UapiError(errno_.EPERM, f"refusing {path}: served by uid {uid} (pid {pid}), not root")
 
 
 def request(path: str, timeout: float = 2.0) -> bytes:
@@ -46,7 +95,7 @@ def request(path: str, timeout: float = 2.0) -> bytes:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
             s.settimeout(timeout)
-            s.connect(path)
+            _connect(s, path)
             s.sendall(b"get=1\n\n")
             chunks: list[bytes] = []
             tail = b""
@@ -61,6 +110,8 @@ def request(path: str, timeout: float = 2.0) -> bytes:
                     break
     except TimeoutError:
         raise UapiError(errno_.ETIMEDOUT, f"{path}: no answer within {timeout:g} s") from None
+    except UapiError:
+        raise
     except OSError as e:
         raise UapiError(e.errno or errno_.EIO, f"{path}: {e.strerror or e}") from None
     return b"".join(chunks)
@@ -222,7 +273,7 @@ class UapiWireGuard:
         self._memo: dict[str, dict] = {}  # per interface: see parse
 
     def serves(self, name: str, link: Link) -> str:
-        return "" if exists(name, self.directory) else "no UAPI socket"
+        return probe(socket_path(name, self.directory))
 
     def read_peers(self, ifname: str) -> tuple[Peer, ...]:
         return parse(request(socket_path(ifname, self.directory)), self._memo.setdefault(ifname, {}))
