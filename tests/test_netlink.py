@@ -211,6 +211,8 @@ CASES = {
     "a u32 attribute of two bytes": lambda s: msg(24, s, RTMSG_OURS + nl.attr(rtnl_routes.RTA_PRIORITY, b"\1\0")),
     "an IPv4 destination of three bytes": lambda s: msg(24, s, RTMSG_OURS + nl.attr(rtnl_routes.RTA_DST, b"\n\0\0")),
     "an error without its code": lambda s: msg(nl.NLMSG_ERROR, s, b"\0\0", 0),
+    "an error code past the kernel's": lambda s: msg(nl.NLMSG_ERROR, s, struct.pack("=i", -2 ** 31), 0),
+    "a positive error code": lambda s: msg(nl.NLMSG_ERROR, s, struct.pack("=i", 5), 0),
 }
 
 

@@ -46,6 +46,7 @@ U32 = struct.Struct("=I")
 ERRNO = struct.Struct("=i")
 BATCH = 512  # requests per datagram: well inside the socket buffers set below
 DUMP_RETRIES = 5
+MAX_ERRNO = 4096  # the kernel's errnos are below (include/linux/err.h)
 TIMEOUT = 5.0  # seconds to wait for each datagram of an answer
 # The kernel fills a dump's datagrams up to 32 KiB when the reader's buffer allows
 # (netlink_recvmsg caps max_recvmsg_len there), and acknowledgements are small: 64 KiB
@@ -113,8 +114,8 @@ def _errno(data: bytes, off: int, end: int, mtype: int) -> int:
             return 0
         raise Malformed("NLMSG_ERROR without an error code")
     code = -ERRNO.unpack_from(data, off)[0]
-    if code < 0:
-        raise Malformed(f"NLMSG_ERROR with error code {-code}")
+    if not 0 <= code < MAX_ERRNO:
+        raise Malformed(f"error code {-code}")
     return code
 
 
@@ -202,15 +203,14 @@ class NetlinkSocket:
         seq = next(self.seq)
         self._send(message(mtype, NLM_F_REQUEST | flags, seq, body), what)
         try:
-            for data, rtype, _flags, off, end in self._answers(seq, what, dump=False):
-                return b"" if rtype < NLMSG_MIN_TYPE else data[off:end]
+            data, rtype, _flags, off, end = next(self._answers(seq, what, dump=False))
         except Malformed as e:
             self._stale = True
             raise OSError(errno.EPROTO, f"{what}: {e.strerror}") from None
         except BaseException:
             self._stale = True
             raise
-        raise AssertionError("unreachable: _answers yields once or raises")
+        return b"" if rtype < NLMSG_MIN_TYPE else data[off:end]
 
     def transact(self, encode, items: list, what: str = "request") -> list[int]:
         """Send encode(item, seq) for each item, many per datagram; an errno per item
