@@ -163,8 +163,9 @@ class FakeGenl:
     Truncated, or an exception to raise on that read). A read with nothing queued
     times out, as a socket with a timeout does when the kernel stays silent."""
 
-    def __init__(self, dumps):
+    def __init__(self, dumps, family_attrs: bytes = nla(wk.CTRL_ATTR_FAMILY_ID, struct.pack("=H", FAMILY))):
         self.dumps = list(dumps)
+        self.family_attrs = family_attrs
         self.dump_requests = self.lookups = self.closed = 0
         self.pending: list = []
 
@@ -187,7 +188,7 @@ class FakeGenl:
             assert flags == nl.NLM_F_REQUEST
             assert data[16] == wk.CTRL_CMD_GETFAMILY and nla(wk.CTRL_ATTR_FAMILY_NAME, b"wireguard\0") in data
             self.lookups += 1
-            answer = [(0, bytes((1, 2, 0, 0)) + nla(wk.CTRL_ATTR_FAMILY_ID, struct.pack("=H", FAMILY)))]
+            answer = [(0, bytes((1, 2, 0, 0)) + self.family_attrs)]
             self.pending = [b"".join(self._message(f, p, kind, seq) for f, p in answer)]
             return
         assert kind == FAMILY and flags == nl.NLM_F_REQUEST | nl.NLM_F_DUMP
@@ -350,3 +351,19 @@ def test_netlink_failures_are_kernelwgerror_with_the_errno(monkeypatch, script, 
     with pytest.raises(KernelWgError) as e:
         kernel_with(monkeypatch, fake).read_peers("wg0")
     assert e.value.errno == code and e.value.strerror.startswith(text), e.value
+
+
+@pytest.mark.parametrize("family_attrs,code,text", [
+    pytest.param(struct.pack("=HH", 9, wk.CTRL_ATTR_FAMILY_ID) + b"\0\0", errno.EPROTO,
+                 "wg0: wireguard family lookup: malformed netlink message", id="attribute past the message"),
+    pytest.param(nla(wk.CTRL_ATTR_FAMILY_ID, struct.pack("=I", FAMILY)), errno.EPROTO,
+                 "wg0: malformed netlink message: wireguard family id of 4 bytes", id="id of 4 bytes"),
+    pytest.param(nla(wk.CTRL_ATTR_FAMILY_NAME, b"wireguard\0"), errno.ENOENT,
+                 "wg0: wireguard generic netlink family unavailable", id="no id"),
+])
+def test_a_family_lookup_answer_that_does_not_parse(monkeypatch, family_attrs, code, text):
+    fake = FakeGenl([], family_attrs)
+    with pytest.raises(KernelWgError) as e:
+        kernel_with(monkeypatch, fake).read_peers("wg0")
+    assert e.value.errno == code and e.value.strerror.startswith(text), e.value
+    assert fake.dump_requests == 0

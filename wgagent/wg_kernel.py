@@ -29,7 +29,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from .model import Peer, normalize_prefix
-from .netlink import NETLINK_GENERIC, NLA, NLA_TYPE_MASK, NetlinkSocket, attr, attrs
+from .netlink import NETLINK_GENERIC, NLA, NLA_TYPE_MASK, Malformed, NetlinkSocket, attr, attrs
 
 if TYPE_CHECKING:
     from .rtnl_links import Link
@@ -269,14 +269,18 @@ class KernelWireGuard:
             request = bytes((CTRL_CMD_GETFAMILY, 1, 0, 0)) + attr(CTRL_ATTR_FAMILY_NAME, WG_GENL_NAME + b"\0")
             try:
                 answer = sock.request(GENL_ID_CTRL, request, "wireguard family lookup")
+                family = attrs(answer, 4, len(answer)).get(CTRL_ATTR_FAMILY_ID) if len(answer) >= 4 else None
+            except Malformed as e:
+                raise KernelWgError(errno_.EPROTO, f"wireguard family lookup: {e.strerror}") from None
             except OSError as e:
                 if e.errno == errno_.ENOENT:  # the controller knows no such family: no module loaded
                     raise KernelWgError(errno_.ENOENT, "wireguard generic netlink family unavailable "
                                                        f"({e.strerror.partition(': ')[2]})") from None
                 raise KernelWgError(e.errno, e.strerror) from None
-            family = attrs(answer, 4, len(answer)).get(CTRL_ATTR_FAMILY_ID, b"") if len(answer) >= 4 else b""
-            if len(family) != 2 or not _U16.unpack(family)[0]:
+            if family is None:
                 raise KernelWgError(errno_.ENOENT, "wireguard generic netlink family unavailable")
+            if len(family) != 2:
+                raise _bad(f"wireguard family id of {len(family)} bytes")
             self._family = _U16.unpack(family)[0]
             self._sock = sock
         except BaseException:
