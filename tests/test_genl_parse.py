@@ -204,10 +204,6 @@ class FakeGenl:
         self.pending = [b"".join(self._message(*m, seq) for m in messages[i:i + 2])
                         for i in range(0, len(messages), 2)]
 
-    def send(self, data: bytes) -> int:
-        self.sendall(data)
-        return len(data)
-
     @staticmethod
     def _message(flags: int, payload: bytes, kind: int, seq: int) -> bytes:
         return struct.pack("=IHHII", 16 + len(payload), kind, flags | 0x2, seq, 0) + payload  # 0x2: NLM_F_MULTI

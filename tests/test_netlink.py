@@ -70,9 +70,6 @@ class ScriptedSocket:
         view[:len(data)] = data
         return len(data), [], flags, (0, 0)
 
-    def recv(self, size: int) -> bytes:
-        return self._next(size)[0]
-
 
 @pytest.fixture
 def kernel(monkeypatch):
