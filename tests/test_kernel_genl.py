@@ -4,8 +4,8 @@ interrupted by concurrent changes, an interface deleted while it is polled.
 The big dump also runs against wireguard-go's UAPI, which has no such splitting.
 
 The readers run in the namespace as separate processes; they watch the raw dump
-messages through a subclass of KernelWireGuard, so the tests can tell that a split
-or an interruption really happened rather than assume it."""
+messages through a subclass of netlink.NetlinkSocket put in wg_kernel's hands, so the
+tests can tell that a split or an interruption really happened rather than assume it."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from wgagent.wg_kernel import NLM_F_DUMP_INTR
+from wgagent.netlink import NLM_F_DUMP_INTR
 
 from .lab import SLOWDOWN, kernel_wireguard_available
 from .test_wg_sources import wg_dump
@@ -31,26 +31,27 @@ pytestmark = pytest.mark.root
 
 READER = textwrap.dedent("""
     import json, os, sys, time
-    from wgagent import wg_kernel as wk
+    from wgagent import netlink, wg_kernel as wk
     from wgagent.rtnl import Rtnl
     from wgagent.wgsource import PeerSources
 
-    class Watched(wk.KernelWireGuard):
-        # the flags of every dump's messages, the last dump's messages, and what each
-        # interrupted dump would have given had it been taken as it came
-        def __init__(self):
-            super().__init__()
-            self.dump_flags, self.last, self.torn = [], [], []
-        def _request(self, kind, flags, *args):
+    class Watched(netlink.NetlinkSocket):
+        # of every dump on any such socket: the flags of its messages (NLMSG_DONE's
+        # last); the last dump's payloads; and what each interrupted dump would have
+        # given had it been taken as it came
+        dump_flags, last, torn = [], [], []
+
+        def _answers(self, seq, what, dump):
             msgs = []
-            for m in super()._request(kind, flags, *args):
+            for m in super()._answers(seq, what, dump):  # (data, type, flags, offset, end)
                 msgs.append(m)
                 yield m
-            if flags & wk.NLM_F_DUMP:
-                self.dump_flags.append([f for f, _ in msgs])
-                self.last = msgs
-                if any(f & wk.NLM_F_DUMP_INTR for f, _ in msgs):
-                    self.torn.append(as_map(wk.merge_dump(msgs)[0]))
+            if dump:  # read to its end (an error would have raised above)
+                payloads = [d[off:end] for d, t, _, off, end in msgs if t != netlink.NLMSG_DONE]
+                Watched.dump_flags.append([f for _, _, f, _, _ in msgs])
+                Watched.last = payloads
+                if any(f & netlink.NLM_F_DUMP_INTR for _, _, f, _, _ in msgs):
+                    Watched.torn.append(as_map(wk.merge_dump(payloads)))
 
     def as_map(peers):
         # a peer merged twice would show its AllowedIPs twice: kept, not deduplicated
@@ -58,27 +59,27 @@ READER = textwrap.dedent("""
 """)
 
 READ_ONE = READER + textwrap.dedent("""
-    src = PeerSources()
-    src.kernel = Watched()
-    s = src.read("wg0", Rtnl().links().get("wg0"))
-    pieces = [[p.public_key for p in wk.merge_dump([m])[0]] for m in src.kernel.last]
+    wk.NetlinkSocket = Watched
+    s = PeerSources().read("wg0", Rtnl().links().get("wg0"))
+    pieces = [[p.public_key for p in wk.merge_dump([m])] for m in Watched.last]
     print(json.dumps({"peers": None if s.peers is None else as_map(s.peers), "error": s.error,
-                      "pieces": pieces, "flags": src.kernel.dump_flags}))
+                      "pieces": pieces, "flags": Watched.dump_flags}))
 """)
 
 # Reads until it has seen an interrupted dump and then a few more reads (or time is up).
 READ_UNTIL_INTERRUPTED = READER + textwrap.dedent("""
-    k = Watched()
+    wk.NetlinkSocket = Watched
+    k = wk.KernelWireGuard()
     reads, errors = [], []
     deadline = time.monotonic() + float(sys.argv[1])
-    while time.monotonic() < deadline and not (k.torn and len(reads) >= 5):
+    while time.monotonic() < deadline and not (Watched.torn and len(reads) >= 5):
         try:
             reads.append(as_map(k.read_peers("wg0")))
         except wk.KernelWgError as e:
             errors.append([e.errno, str(e)])
-    interrupted = sum(any(f & wk.NLM_F_DUMP_INTR for f in d) for d in k.dump_flags)
-    print(json.dumps({"dumps": len(k.dump_flags), "interrupted": interrupted, "reads": reads, "errors": errors,
-                      "torn": k.torn}))
+    interrupted = sum(any(f & netlink.NLM_F_DUMP_INTR for f in d) for d in Watched.dump_flags)
+    print(json.dumps({"dumps": len(Watched.dump_flags), "interrupted": interrupted, "reads": reads,
+                      "errors": errors, "torn": Watched.torn}))
 """)
 
 # Polls as the daemon does (the link looked up each time) and with the link looked up

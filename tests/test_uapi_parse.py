@@ -1,12 +1,15 @@
-"""UAPI answers (the cross-platform userspace protocol) parsed into peers. No root."""
+"""UAPI answers (the cross-platform userspace protocol) parsed into peers, and what is
+not one refused. No root: crafted answers, some from a real unix socket."""
 
 import base64
-import struct
+import errno
+import os
 
 import pytest
 
-from wgagent import rtnl, rtnl_rules, wg_uapi
-from wgagent.model import RTPROT_WGAGENT
+from wgagent import wg_uapi
+
+from .uapi_server import UapiServer
 
 HEX1 = "58402e695ba1772b1cc9309755f043251ea77fdcf10fbe63989ceae59e2b1c47"
 HEX2 = "662e14fd594556f522604703340351258903b64f35553763f19426ab2a515c58"
@@ -87,27 +90,6 @@ def test_errors(answer, fragment):
         wg_uapi.parse(answer)
 
 
-def _nlmsg(mtype: int, body: bytes) -> bytes:
-    return struct.pack("=IHHII", 16 + len(body), mtype, 0, 0, 0) + body
-
-
-def _rtmsg(proto: int) -> bytes:
-    return bytes([2, 32, 0, 0, 254, proto, 0, 1]) + b"\0" * 4
-
-
-def test_event_filter_ignores_only_our_own_additions():
-    assert not rtnl.relevant(_nlmsg(rtnl.RTM_NEWROUTE, _rtmsg(RTPROT_WGAGENT)))
-    assert rtnl.relevant(_nlmsg(rtnl.RTM_NEWROUTE, _rtmsg(4)))
-    assert rtnl.relevant(_nlmsg(rtnl.RTM_DELROUTE, _rtmsg(RTPROT_WGAGENT)))
-    assert rtnl.relevant(_nlmsg(rtnl.RTM_NEWLINK, b"\0" * 16))
-    ours = _nlmsg(rtnl.RTM_NEWROUTE, _rtmsg(RTPROT_WGAGENT))
-    assert rtnl.relevant(ours + _nlmsg(rtnl.RTM_DELADDR, b"\0" * 8))
-    rule_attr = struct.pack("=HHB3x", 5, rtnl_rules.FRA_PROTOCOL, RTPROT_WGAGENT)
-    assert not rtnl.relevant(_nlmsg(rtnl.RTM_NEWRULE, b"\0" * 12 + rule_attr))
-    other = struct.pack("=HHB3x", 5, rtnl_rules.FRA_PROTOCOL, 3)
-    assert rtnl.relevant(_nlmsg(rtnl.RTM_NEWRULE, b"\0" * 12 + other))
-
-
 def test_the_memo_gives_back_the_same_peer_for_an_unchanged_block():
     memo: dict = {}
     p1, p2 = wg_uapi.parse(ANSWER, memo)
@@ -119,3 +101,86 @@ def test_the_memo_gives_back_the_same_peer_for_an_unchanged_block():
     assert q1 is not p1 and q1.rx_bytes == 2225 and q2 is p2
     assert len(memo) == 2  # only the last poll's blocks
     assert wg_uapi.parse(moved, memo) == wg_uapi.parse(moved)  # with or without: the same peers
+
+
+# --- outside input that does not parse: UapiError and nothing else
+
+BLOCK = (f"public_key={HEX1}\nprotocol_version=1\nendpoint=1.2.3.4:5\n"
+         "last_handshake_time_sec={sec}\nlast_handshake_time_nsec={nsec}\ntx_bytes={tx}\nrx_bytes={rx}\n"
+         "persistent_keepalive_interval={ka}\nallowed_ip=10.0.0.1/32\n")
+
+
+def block(**values) -> bytes:
+    fields = {"sec": "1700000000", "nsec": "0", "tx": "1", "rx": "2", "ka": "0", **values}
+    return (BLOCK.format(**fields) + "errno=0\n\n").encode()
+
+
+GARBAGE = {
+    # wireguard-go's shape, each number too large: a float overflows, and int() refuses
+    # more than 4,300 digits
+    "handshake seconds of 400 digits": block(sec="9" * 400),
+    "handshake nanoseconds of 400 digits": block(nsec="9" * 400),
+    "rx_bytes of 5,000 digits": block(rx="7" * 5000),
+    "keepalive of 21 digits": block(ka="1" * 21),
+    "a negative counter": block(tx="-5"),
+    "digits of another script": block(rx="\u0661\u0662"),
+    "a number with an underscore": block(rx="1_000"),
+    "errno of 400 digits": b"errno=" + b"9" * 400 + b"\n\n",
+    "errno of 5,000 digits": b"errno=" + b"9" * 5000 + b"\n\n",
+    "errno not a number": b"errno=x\n\n",
+    "binary garbage": bytes(range(256)) + b"\n\n",
+    "no errno at all": b"public_key=" + HEX1.encode() + b"\nrx_bytes=1\n",
+    "cut in the middle of a block": block()[:60],
+    "a key of 31 bytes": b"public_key=" + HEX1[:62].encode() + b"\nerrno=0\n\n",
+}
+
+
+@pytest.mark.parametrize("case", list(GARBAGE))
+def test_garbage_is_uapierror_and_nothing_else(case):
+    with pytest.raises(wg_uapi.UapiError) as e:
+        wg_uapi.parse(GARBAGE[case])
+    assert e.value.errno == errno.EPROTO, e.value
+    assert len(str(e.value)) < 200  # the bad line is quoted, not 5,000 digits of it
+
+
+def test_an_errno_from_wireguard_go_is_negative():
+    with pytest.raises(wg_uapi.UapiError) as e:
+        wg_uapi.parse(b"errno=-5\n\n")
+    assert e.value.errno == errno.EIO and e.value.strerror == f"UAPI returned errno=-5 ({os.strerror(errno.EIO)})"
+
+
+def test_twenty_digits_still_parse_on_both_paths(monkeypatch):
+    big = "18446744073709551615"  # 2**64 - 1
+    expected = wg_uapi._parse_lines(block(rx=big, tx=big).decode().rpartition("errno=")[0])
+    monkeypatch.setattr(wg_uapi, "_parse_lines", None)
+    (p,) = wg_uapi.parse(block(rx=big, tx=big))
+    assert (p,) == expected and p.rx_bytes == p.tx_bytes == 2 ** 64 - 1
+
+
+@pytest.mark.parametrize("case", ["handshake seconds of 400 digits", "binary garbage", "cut in the middle of a block",
+                                  "errno of 400 digits"])
+def test_a_real_socket_answering_garbage(tmp_path, case):
+    with UapiServer(str(tmp_path), GARBAGE[case]) as server:
+        with pytest.raises(wg_uapi.UapiError) as e:
+            wg_uapi.UapiWireGuard(str(tmp_path)).read_peers("wg0")
+    assert e.value.errno == errno.EPROTO and server.requests == 1
+
+
+def test_a_real_socket_closing_without_an_answer(tmp_path):
+    with UapiServer(str(tmp_path), b""):
+        with pytest.raises(wg_uapi.UapiError, match="ended without errno="):
+            wg_uapi.UapiWireGuard(str(tmp_path)).read_peers("wg0")
+
+
+def test_a_real_socket_that_never_answers_times_out(tmp_path):
+    with UapiServer(str(tmp_path), None) as server:
+        with pytest.raises(wg_uapi.UapiError) as e:
+            wg_uapi.request(server.path, timeout=0.2)
+    assert (e.value.errno, e.value.strerror) == (errno.ETIMEDOUT, f"{server.path}: no answer within 0.2 s")
+
+
+def test_nothing_listening_is_uapierror_naming_the_path(tmp_path):
+    path = str(tmp_path / "wg0.sock")
+    with pytest.raises(wg_uapi.UapiError) as e:
+        wg_uapi.request(path)
+    assert e.value.errno == errno.ENOENT and e.value.strerror.startswith(path)

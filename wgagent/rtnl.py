@@ -2,12 +2,13 @@
 
 Everything here is the project's own netlink code (netlink.py for the socket and
 the wire format; rtnl_links, rtnl_routes and rtnl_rules for each kind of object),
-not pyroute2: its IPRoute, used for links, addresses and rules until then, took
-the daemon from 24.4 MB to 34.4 MB of RSS (pyroute2 0.9.7; 36.0 MB with OpenWrt
-24.10's 0.7.9), over the 35 MB it may use on a router. Events come from a second
-socket, bound to the link, address, route and rule groups: the daemon only needs
-to know *that* something changed, so it reads message headers and decodes nothing
-else.
+not pyroute2 (why: bench/NOTES.md). Events come from a second socket, bound to the
+link, address, route and rule groups: the daemon only needs to know *that*
+something changed, so it reads message headers and decodes nothing else.
+
+Rtnl's methods raise OSError and nothing else, under netlink.py's error policy: the
+kernel's errno, ETIMEDOUT (no answer), EMSGSIZE (a cut datagram), EPROTO (a message
+that does not parse), EINTR (a dump interrupted again and again).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import socket
 
 from . import rtnl_routes, rtnl_rules
 from .model import RTPROT_WGAGENT, Route, Rule
-from .netlink import NLMSG, NetlinkSocket, messages
+from .netlink import NLMSG, SO_RCVBUFFORCE, SOL_NETLINK, Malformed, NetlinkSocket, messages
 from .rtnl_links import ADDR_DUMP, LINK_DUMP, RTM_GETADDR, RTM_GETLINK, RTM_NEWADDR, RTM_NEWLINK, Link, \
     decode_address, decode_link
 from .rtnl_routes import RTM_DELROUTE, RTM_NEWROUTE, RouteDump
@@ -29,8 +30,6 @@ __all__ = ["Link", "Rtnl", "RtnlEvents", "relevant"]
 RTM_DELLINK, RTM_DELADDR = 17, 21
 # multicast groups (linux/rtnetlink.h)
 GROUPS = (1, 5, 7, 8, 9, 11, 19)  # LINK, IPV4_IFADDR, IPV4_ROUTE, IPV4_RULE, IPV6_IFADDR, IPV6_ROUTE, IPV6_RULE
-SOL_NETLINK = 270
-SO_RCVBUFFORCE = 33
 NETLINK_ADD_MEMBERSHIP = 1
 
 
@@ -42,12 +41,12 @@ class Rtnl:
         self.sock.close()
 
     def links(self) -> dict[str, Link]:
-        return {link.name: link for link in self.sock.dump(RTM_GETLINK, [LINK_DUMP], decode_link, "link")}
+        return {link.name: link for link in self.sock.dump(RTM_GETLINK, [LINK_DUMP], decode_link, "link dump")}
 
     def addresses(self, index_to_name: dict[int, str]) -> dict[str, list[tuple[str, int]]]:
         """Global-scope addresses per device: {name: [(address, prefixlen), ...]}."""
         out: dict[str, list[tuple[str, int]]] = {}
-        for index, addr, prefixlen in self.sock.dump(RTM_GETADDR, [ADDR_DUMP], decode_address, "address"):
+        for index, addr, prefixlen in self.sock.dump(RTM_GETADDR, [ADDR_DUMP], decode_address, "address dump"):
             name = index_to_name.get(index)
             if name:
                 out.setdefault(name, []).append((addr, prefixlen))
@@ -65,7 +64,7 @@ class Rtnl:
 
     def rules(self) -> list[Rule]:
         """The ip rules we own (protocol tag), both families."""
-        return self.sock.dump(RTM_GETRULE, RULE_DUMPS, rtnl_rules.decode, "rule")
+        return self.sock.dump(RTM_GETRULE, RULE_DUMPS, rtnl_rules.decode, "rule dump")
 
     def add_rule(self, rule: Rule) -> bool:
         return self._rule(RTM_NEWRULE, rule, (errno.EEXIST,))
@@ -76,7 +75,7 @@ class Rtnl:
     def _rule(self, cmd: int, rule: Rule, ignore: tuple[int, ...]) -> bool:
         """One rule request. Errors in `ignore` ("already there", "already gone") give
         False; any other becomes an OSError, which the daemon logs and retries."""
-        code = self.sock.transact(lambda r, seq: rtnl_rules.encode(cmd, r, seq), [rule])[0]
+        code = self.sock.transact(lambda r, seq: rtnl_rules.encode(cmd, r, seq), [rule], "rule change")[0]
         if code in ignore:
             return False
         if code:
@@ -125,17 +124,21 @@ class RtnlEvents:
 
 def relevant(data: bytes) -> bool:
     """Does a batch of rtnetlink messages hold a change that is not our own echo?
-    Our own additions (RTM_NEWROUTE/NEWRULE with our protocol) are not news."""
-    for off, length, mtype, _flags, _seq in messages(data):
-        body = off + NLMSG.size
-        if mtype == RTM_NEWROUTE:
-            # struct rtmsg: family, dst_len, src_len, tos, table, protocol, ...
-            if data[body + 5] != RTPROT_WGAGENT:
+    Our own additions (RTM_NEWROUTE/NEWRULE with our protocol) are not news. A batch
+    that does not parse is taken for a change: the resync then reads the truth."""
+    try:
+        for off, length, mtype, _flags, _seq in messages(data):
+            body = off + NLMSG.size
+            if mtype == RTM_NEWROUTE:
+                # struct rtmsg: family, dst_len, src_len, tos, table, protocol, ...
+                if length < NLMSG.size + 6 or data[body + 5] != RTPROT_WGAGENT:
+                    return True
+            elif mtype == RTM_NEWRULE:
+                if rtnl_rules.protocol(data, body, off + length) != RTPROT_WGAGENT:
+                    return True
+            elif mtype in (RTM_NEWLINK, RTM_DELLINK, RTM_NEWADDR, RTM_DELADDR, RTM_DELROUTE, RTM_DELRULE):
                 return True
-        elif mtype == RTM_NEWRULE:
-            if rtnl_rules.protocol(data, body, off + length) != RTPROT_WGAGENT:
-                return True
-        elif mtype in (RTM_NEWLINK, RTM_DELLINK, RTM_NEWADDR, RTM_DELADDR, RTM_DELROUTE, RTM_DELRULE):
-            return True
+    except Malformed:
+        return True
     return False
 

@@ -9,7 +9,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from .netlink import attrs, text
+from .netlink import Malformed, attrs, text
 
 RTM_NEWLINK, RTM_GETLINK = 16, 18
 RTM_NEWADDR, RTM_GETADDR = 20, 22
@@ -37,6 +37,8 @@ class Link:
 def decode_link(data: bytes, mtype: int, off: int, end: int) -> Link | None:
     if mtype != RTM_NEWLINK:
         return None
+    if end - off < IFINFOMSG.size:
+        raise Malformed("link message shorter than struct ifinfomsg")
     _family, _type, index, flags, _change = IFINFOMSG.unpack_from(data, off)
     a = attrs(data, off + IFINFOMSG.size, end)
     if IFLA_IFNAME not in a:
@@ -53,6 +55,8 @@ def decode_address(data: bytes, mtype: int, off: int, end: int) -> tuple[int, st
     point-to-point link IFA_ADDRESS is the peer's address."""
     if mtype != RTM_NEWADDR:
         return None
+    if end - off < IFADDRMSG.size:
+        raise Malformed("address message shorter than struct ifaddrmsg")
     family, prefixlen, _flags, scope, index = IFADDRMSG.unpack_from(data, off)
     if scope != RT_SCOPE_UNIVERSE:
         return None

@@ -1,11 +1,10 @@
 """Routes: the rtnetlink encoding of route changes and the decoding of route dumps.
 
-Routes are the one hot path at scale: at 10,000 peers pyroute2 cost ~0.35 ms per
-route request (one request, one wait for its answer) and ~75 us per dumped route
-to decode, so converging from empty took ~4 s and each resync ~0.7 s of router
-CPU. Their wire format is small and stable (struct rtmsg + five attributes), so
-they are encoded here and sent many requests per datagram (netlink.NetlinkSocket);
-every request still gets its own acknowledgement, matched by sequence number.
+Routes are the one hot path at scale (thousands per start, a dump per resync;
+figures in bench/NOTES.md). Their wire format is small and stable (struct rtmsg +
+five attributes), so they are encoded here and sent many requests per datagram
+(netlink.NetlinkSocket); every request still gets its own acknowledgement, matched
+by sequence number.
 """
 
 from __future__ import annotations
@@ -15,7 +14,8 @@ import struct
 from dataclasses import dataclass
 
 from .model import AF_INET, AF_INET6, RTPROT_WGAGENT, Route
-from .netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, U32, NetlinkSocket, attr, attrs, message
+from .netlink import (NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, U32, Malformed, NetlinkSocket, attr, attrs,
+                      message)
 
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
@@ -59,13 +59,17 @@ def encode(cmd: int, route: Route, index: int, seq: int) -> bytes:
 
 def apply(sock: NetlinkSocket, changes: list[tuple[int, Route, int]]) -> list[int]:
     """Send (cmd, route, ifindex) requests in batches; returns an errno per request (0 = done)."""
-    return sock.transact(lambda change, seq: encode(*change, seq), changes)
+    return sock.transact(lambda change, seq: encode(*change, seq), changes, "route changes")
 
 
 def decode(data: bytes, mtype: int, off: int, end: int):
-    """(family, table, dst, dst_len, oif, metric, gateway, protocol) of a unicast route."""
+    """(family, table, dst, dst_len, oif, metric, gateway, protocol) of a unicast route.
+    A field of the wrong size raises struct.error or ValueError: NetlinkSocket.dump
+    reports either as a malformed message."""
     if mtype != RTM_NEWROUTE:
         return None
+    if end - off < RTMSG.size:
+        raise Malformed("route message shorter than struct rtmsg")
     (fam, dst_len, _src_len, _tos, table, proto, _scope, rtype, _flags) = RTMSG.unpack_from(data, off)
     if rtype != RTN_UNICAST:
         return None
@@ -85,7 +89,7 @@ def dump(sock: NetlinkSocket, index_to_name: dict[int, str]) -> RouteDump:
     foreign: dict[tuple[int, str, int], int] = {}
     best: dict[tuple[str, int], tuple[int, str]] = {}
     bodies = [RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0) for family in (AF_INET, AF_INET6)]
-    for fam, table, dst, dst_len, oif, metric, gateway, proto in sock.dump(RTM_GETROUTE, bodies, decode, "route"):
+    for fam, table, dst, dst_len, oif, metric, gateway, proto in sock.dump(RTM_GETROUTE, bodies, decode, "route dump"):
         if proto == RTPROT_WGAGENT:
             owned.append(Route(table, dst, dst_len, index_to_name.get(oif, f"if{oif}"), metric, gateway))
             continue

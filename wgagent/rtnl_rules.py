@@ -11,7 +11,7 @@ import socket
 import struct
 
 from .model import AF_INET, AF_INET6, RTPROT_WGAGENT, Rule
-from .netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, U32, attr, attrs, message
+from .netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, U32, Malformed, attr, attrs, message
 
 RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
 FRA_SRC, FRA_PRIORITY, FRA_SUPPRESS_PREFIXLEN, FRA_TABLE, FRA_PROTOCOL = 2, 6, 14, 15, 21
@@ -50,6 +50,8 @@ def decode(data: bytes, mtype: int, off: int, end: int) -> Rule | None:
     """A rule of ours, or None."""
     if mtype != RTM_NEWRULE:
         return None
+    if end - off < FIB_RULE_HDR.size:
+        raise Malformed("rule message shorter than struct fib_rule_hdr")
     family, _dst_len, src_len, _tos, table, _r1, _r2, _action, _flags = FIB_RULE_HDR.unpack_from(data, off)
     a = attrs(data, off + FIB_RULE_HDR.size, end)
     proto = a.get(FRA_PROTOCOL)

@@ -1,39 +1,43 @@
-"""Kernel WireGuard over generic netlink, read straight off a netlink socket.
+"""Kernel WireGuard over generic netlink (netlink.NetlinkSocket, NETLINK_GENERIC).
 
 The protocol is small and fixed (include/uapi/linux/wireguard.h): one dump request,
 WG_CMD_GET_DEVICE by interface name; the answer is nested attributes. It is decoded
 here with struct, as wireguard-tools does in C, rather than through pyroute2's
-generic NLA classes: those build a Python object per attribute, which at 1,000 peers
-made the dump's decoding cost more than the whole rest of a cycle (see
-bench/RESULTS-kernel.md).
+generic NLA classes, which build a Python object per attribute (the cost of each:
+bench/NOTES.md).
 
 Kernel quirks handled here and nowhere else:
 - a device dump is split over many messages when it is large; a peer whose
   AllowedIPs do not fit in one message appears again in the next one (its key and
   the rest of its AllowedIPs only), so peers are merged by public key;
-- a dump that raced with a change carries NLM_F_DUMP_INTR and is retried;
+- a dump that raced with a change carries NLM_F_DUMP_INTR: netlink.py reads it again,
+  so only a whole, consistent dump is ever merged (and feeds the memo);
+- an unknown interface name is ENODEV, from the dump request itself;
 - the family has no multicast group: there are no handshake events, we poll.
+
+Errors: KernelWgError (an OSError) and nothing else, whatever the kernel sends: its
+errno, netlink.py's ETIMEDOUT, EMSGSIZE and EINTR, and EPROTO for a message or
+attribute that does not parse (a fixed-size attribute of another size included).
 """
 
 from __future__ import annotations
 
 import base64
 import errno as errno_
-import os
 import socket
 import struct
+from typing import TYPE_CHECKING
 
 from .model import Peer, normalize_prefix
+from .netlink import NETLINK_GENERIC, NLA, NLA_TYPE_MASK, Malformed, NetlinkSocket, attr, attrs
 
-NETLINK_GENERIC = 16
+if TYPE_CHECKING:
+    from .rtnl_links import Link
+
 GENL_ID_CTRL = 0x10
 CTRL_CMD_GETFAMILY = 3
 CTRL_ATTR_FAMILY_ID = 1
 CTRL_ATTR_FAMILY_NAME = 2
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
-NLM_F_DUMP_INTR = 0x10
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 
 WG_GENL_NAME = b"wireguard"
 WG_GENL_VERSION = 1
@@ -51,38 +55,37 @@ WGALLOWEDIP_A_FAMILY = 1
 WGALLOWEDIP_A_IPADDR = 2
 WGALLOWEDIP_A_CIDR_MASK = 3
 
-DUMP_RETRIES = 5
-RECV_SIZE = 1 << 16  # the kernel fills dump messages up to 32 KiB when the reader's buffer allows
-TIMEOUT = 5.0
-
-_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
-_NLA = struct.Struct("=HH")  # len, type
 _U16, _U32, _U64 = struct.Struct("=H"), struct.Struct("=I"), struct.Struct("=Q")
 _TIMESPEC = struct.Struct("=qq")  # struct __kernel_timespec
 _PORT = struct.Struct("!H")
+_ADDR_SIZE = {socket.AF_INET: 4, socket.AF_INET6: 16}
+# attribute lengths (header included) of the fixed-size peer attributes
+_KEY_LEN, _TIMESPEC_LEN, _U64_LEN, _U16_LEN = 4 + 32, 4 + _TIMESPEC.size, 4 + 8, 4 + 2
 
 
 class KernelWgError(OSError):
     pass
 
 
-def nla(kind: int, value: bytes) -> bytes:
-    """One netlink attribute, padded to 4 bytes."""
-    body = _NLA.pack(4 + len(value), kind) + value
-    return body + b"\0" * (-len(body) % 4)
+def _bad(detail: str) -> KernelWgError:
+    return KernelWgError(errno_.EPROTO, f"malformed netlink message: {detail}")
 
 
 def _attrs(buf, off: int, end: int):
     """(type, value start, value end) of each attribute in buf[off:end]."""
     while off + 4 <= end:
-        length, kind = _NLA.unpack_from(buf, off)
+        length, kind = NLA.unpack_from(buf, off)
         if length < 4 or off + length > end:
-            raise KernelWgError(errno_.EPROTO, f"malformed netlink attribute at offset {off}")
+            raise _bad(f"attribute of length {length} at offset {off}")
         yield kind & NLA_TYPE_MASK, off + 4, off + length
         off += (length + 3) & ~3
 
 
 def _endpoint(buf, v: int, end: int) -> str | None:
+    """A struct sockaddr_in / sockaddr_in6 as "addr:port"; None without a port or of
+    another family (AF_UNSPEC: no endpoint yet)."""
+    if end - v < 2:
+        raise _bad("endpoint without an address family")
     family = _U16.unpack_from(buf, v)[0]
     if family == socket.AF_INET and end - v >= 8:
         addr, port = socket.inet_ntop(socket.AF_INET, bytes(buf[v + 4:v + 8])), _PORT.unpack_from(buf, v + 2)[0]
@@ -91,7 +94,7 @@ def _endpoint(buf, v: int, end: int) -> str | None:
         scope = _U32.unpack_from(buf, v + 24)[0] if end - v >= 28 else 0
         return (f"[{addr}%{scope}]:{port}" if scope else f"[{addr}]:{port}") if port else None
     else:
-        return None  # AF_UNSPEC: no endpoint yet
+        return None
     return f"{addr}:{port}" if port else None
 
 
@@ -101,12 +104,18 @@ def _allowed_ips(buf, off: int, end: int) -> list[str]:
         family = addr = cidr = None
         for kind, v, v_end in _attrs(buf, a, a_end):
             if kind == WGALLOWEDIP_A_FAMILY:
+                if v_end - v != 2:
+                    raise _bad(f"allowed IP family of {v_end - v} bytes")
                 family = _U16.unpack_from(buf, v)[0]
             elif kind == WGALLOWEDIP_A_IPADDR:
                 addr = bytes(buf[v:v_end])
             elif kind == WGALLOWEDIP_A_CIDR_MASK:
+                if v_end - v != 1:
+                    raise _bad(f"allowed IP mask of {v_end - v} bytes")
                 cidr = buf[v]
-        if family in (socket.AF_INET, socket.AF_INET6) and addr is not None and cidr is not None:
+        if family in _ADDR_SIZE and addr is not None and cidr is not None:
+            if len(addr) != _ADDR_SIZE[family] or cidr > 8 * len(addr):
+                raise _bad(f"allowed IP of {len(addr)} bytes, mask {cidr}, family {family}")
             out.append(normalize_prefix(f"{socket.inet_ntop(family, addr)}/{cidr}"))
     return out
 
@@ -125,24 +134,30 @@ def _remember(cache: dict, raw: bytes, value):
     return value
 
 
-def merge_dump(messages, memo: dict | None = None) -> tuple[tuple[Peer, ...], bool]:
-    """Peers from the payloads (bytes after the netlink header) and flags of one
-    dump's messages, merged by public key; and whether the dump was interrupted
-    (NLM_F_DUMP_INTR on any message).
+def merge_dump(payloads, memo: dict | None = None) -> tuple[Peer, ...]:
+    """Peers from the payloads (bytes after the netlink header) of one whole,
+    uninterrupted dump's messages, merged by public key. KernelWgError(EPROTO) when
+    one does not parse.
 
-    memo (one dict per interface, kept by the caller; updated only from a whole,
-    uninterrupted dump) maps a peer's raw attributes to the Peer made of them: an
-    unchanged peer costs a dict lookup and comes back as the same object, as with
-    wg_uapi.parse. A peer split over messages is never taken from it or put in it."""
+    memo (one dict per interface, kept by the caller) maps a peer's raw attributes to
+    the Peer made of them: an unchanged peer costs a dict lookup and comes back as the
+    same object, as with wg_uapi.parse. A peer split over messages is never taken from
+    it or put in it."""
+    try:
+        return _merge(payloads, memo)
+    except (struct.error, IndexError, ValueError) as e:  # what the checks below did not foresee
+        raise _bad(str(e)) from None
+
+
+def _merge(payloads, memo: dict | None) -> tuple[Peer, ...]:
     # key -> a Peer (from the memo) or [ips, endpoint, handshake, rx, tx, keepalive]; dicts keep order
     acc: dict[str, list | Peer] = {}
     raws: dict[str, bytes | None] = {}  # key -> its raw attributes; None once it was split
     seen = memo or {}
-    interrupted = False
-    unpack_nla = _NLA.unpack_from
-    for flags, buf in messages:
-        if flags & NLM_F_DUMP_INTR:
-            interrupted = True
+    unpack_nla = NLA.unpack_from
+    for buf in payloads:
+        if len(buf) < 4:
+            raise _bad(f"generic netlink message of {len(buf)} bytes")
         for kind, d, d_end in _attrs(buf, 4, len(buf)):  # 4: the genl header (cmd, version, reserved)
             if kind != WGDEVICE_A_PEERS:
                 continue
@@ -153,16 +168,19 @@ def merge_dump(messages, memo: dict | None = None) -> tuple[tuple[Peer, ...], bo
                     acc[hit.public_key] = hit
                     raws[hit.public_key] = attrs_raw
                     continue
-                # One peer's attributes, walked inline: this loop runs ~10 times per
-                # peer per poll, and a generator here was half the cost of a dump.
+                # One peer's attributes, walked inline: this loop runs for every attribute
+                # of every peer on every poll, and a generator here was the dump's largest cost.
+                # A fixed-size attribute of another size is refused, not read past its end.
                 key, ips, endpoint, hs, rx, tx, ka = None, (), False, None, None, None, None
-                while off < p_end:
+                while off + 4 <= p_end:
                     length, kind = unpack_nla(buf, off)
                     if length < 4 or off + length > p_end:
-                        raise KernelWgError(errno_.EPROTO, f"malformed netlink attribute at offset {off}")
+                        raise _bad(f"attribute of length {length} at offset {off}")
                     v, v_end = off + 4, off + length
                     kind &= NLA_TYPE_MASK
                     if kind == WGPEER_A_PUBLIC_KEY:
+                        if length != _KEY_LEN:
+                            raise _bad(f"public key of {length - 4} bytes")
                         raw = bytes(buf[v:v_end])
                         key = _keys.get(raw) or _remember(_keys, raw, base64.b64encode(raw).decode())
                     elif kind == WGPEER_A_ALLOWEDIPS:
@@ -171,13 +189,21 @@ def merge_dump(messages, memo: dict | None = None) -> tuple[tuple[Peer, ...], bo
                         if ips is None:
                             ips = _remember(_allowed, raw, tuple(_allowed_ips(buf, v, v_end)))
                     elif kind == WGPEER_A_LAST_HANDSHAKE_TIME:
+                        if length != _TIMESPEC_LEN:
+                            raise _bad(f"handshake time of {length - 4} bytes")
                         sec, nsec = _TIMESPEC.unpack_from(buf, v)
                         hs = sec + nsec / 1e9
                     elif kind == WGPEER_A_RX_BYTES:
+                        if length != _U64_LEN:
+                            raise _bad(f"rx_bytes of {length - 4} bytes")
                         rx = _U64.unpack_from(buf, v)[0]
                     elif kind == WGPEER_A_TX_BYTES:
+                        if length != _U64_LEN:
+                            raise _bad(f"tx_bytes of {length - 4} bytes")
                         tx = _U64.unpack_from(buf, v)[0]
                     elif kind == WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL:
+                        if length != _U16_LEN:
+                            raise _bad(f"keepalive interval of {length - 4} bytes")
                         ka = _U16.unpack_from(buf, v)[0]
                     elif kind == WGPEER_A_ENDPOINT:
                         raw = bytes(buf[v:v_end])
@@ -185,7 +211,7 @@ def merge_dump(messages, memo: dict | None = None) -> tuple[tuple[Peer, ...], bo
                             _remember(_endpoints, raw, _endpoint(buf, v, v_end))
                     off += (length + 3) & ~3
                 if key is None:
-                    raise KernelWgError(errno_.EPROTO, "peer without a public key in the dump")
+                    raise _bad("peer without a public key in the dump")
                 cur = acc.get(key)
                 if cur is None:
                     cur = acc[key] = [list(ips), None, 0.0, 0, 0, 0]
@@ -207,98 +233,75 @@ def merge_dump(messages, memo: dict | None = None) -> tuple[tuple[Peer, ...], bo
                     cur[5] = ka
     peers = tuple(c if isinstance(c, Peer) else Peer(k, tuple(c[0]), c[1], c[2], c[3], c[4], c[5])
                   for k, c in acc.items())
-    if memo is not None and not interrupted:
+    if memo is not None:
         memo.clear()  # only this dump's peers: the memo never outgrows the interface
         memo.update((raws[p.public_key], p) for p in peers if raws[p.public_key] is not None)
-    return peers, interrupted
+    return peers
+
+
+def _payload(data: bytes, _mtype: int, off: int, end: int) -> bytes:
+    return data[off:end]
 
 
 class KernelWireGuard:
-    """One generic netlink socket, opened on first use and kept; closed (and opened
-    afresh on the next read) after any error, so a half-read answer never lingers."""
+    """The kernel backend (see wgsource.Backend): peers of kernel WireGuard
+    interfaces, over one generic netlink socket, opened (and the family's id looked
+    up) on first use and kept; closed after any error, and opened afresh on the next
+    read, so a half-read answer never lingers."""
+
+    kind = "kernel"
 
     def __init__(self):
-        self._sock: socket.socket | None = None
+        self._sock: NetlinkSocket | None = None
         self._family = 0
-        self._seq = 0
-        self._buf = bytearray(RECV_SIZE)
         self._memo: dict[str, dict] = {}  # per interface: see merge_dump
 
-    def _request(self, kind: int, flags: int, cmd: int, version: int, attrs: bytes):
-        """Send one request; yield (flags, payload) of each answer message until
-        the end of the dump (or the single answer), raising on a netlink error."""
-        self._seq += 1
-        seq = self._seq
-        body = bytes((cmd, version, 0, 0)) + attrs
-        self._sock.send(_NLMSGHDR.pack(16 + len(body), kind, NLM_F_REQUEST | flags, seq, 0) + body)
-        view = memoryview(self._buf)
-        while True:
-            n, _, msg_flags, _ = self._sock.recvmsg_into([view])
-            if msg_flags & socket.MSG_TRUNC:
-                raise KernelWgError(errno_.EMSGSIZE, "netlink answer larger than the receive buffer")
-            off = 0
-            while off + 16 <= n:
-                length, mtype, mflags, mseq, _ = _NLMSGHDR.unpack_from(view, off)
-                if length < 16 or off + length > n:
-                    raise KernelWgError(errno_.EPROTO, "malformed netlink message")
-                payload = bytes(view[off + 16:off + length])
-                off += (length + 3) & ~3
-                if mseq != seq:
-                    continue  # left over from an earlier request
-                if mtype == NLMSG_ERROR or mtype == NLMSG_DONE:
-                    code = -struct.unpack_from("=i", payload)[0] if len(payload) >= 4 else 0
-                    if code:
-                        raise KernelWgError(code, os.strerror(code))
-                    if mtype == NLMSG_DONE or not flags & NLM_F_DUMP:
-                        yield mflags, b""  # DONE carries DUMP_INTR too
-                        return
-                    continue  # an ack within a dump: cannot happen, but harmless
-                yield mflags, payload
-                if not flags & NLM_F_DUMP:
-                    return
+    def serves(self, name: str, link: Link) -> str:
+        """A link of kind wireguard is the kernel's, whatever sockets lie around."""
+        return "" if link.kind == "wireguard" else f"kind {link.kind or 'none'!r}"
 
     def _open(self):
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_GENERIC)
         try:
-            sock.settimeout(TIMEOUT)
-            sock.bind((0, 0))
-            self._sock = sock
-            family = 0
+            sock = NetlinkSocket(NETLINK_GENERIC)
+        except OSError as e:
+            raise KernelWgError(e.errno, f"generic netlink socket: {e.strerror}") from None
+        try:
+            request = bytes((CTRL_CMD_GETFAMILY, 1, 0, 0)) + attr(CTRL_ATTR_FAMILY_NAME, WG_GENL_NAME + b"\0")
             try:
-                for _, payload in self._request(GENL_ID_CTRL, 0, CTRL_CMD_GETFAMILY, 1,
-                                                nla(CTRL_ATTR_FAMILY_NAME, WG_GENL_NAME + b"\0")):
-                    for kind, v, _ in _attrs(payload, 4, len(payload)):
-                        if kind == CTRL_ATTR_FAMILY_ID:
-                            family = _U16.unpack_from(payload, v)[0]
-            except KernelWgError as e:
-                raise KernelWgError(errno_.ENOENT, f"wireguard generic netlink family unavailable ({e.strerror})") from None
-            if not family:
+                answer = sock.request(GENL_ID_CTRL, request, "wireguard family lookup")
+                family = attrs(answer, 4, len(answer)).get(CTRL_ATTR_FAMILY_ID) if len(answer) >= 4 else None
+            except Malformed as e:
+                raise KernelWgError(errno_.EPROTO, f"wireguard family lookup: {e.strerror}") from None
+            except OSError as e:
+                if e.errno == errno_.ENOENT:  # the controller knows no such family: no module loaded
+                    raise KernelWgError(errno_.ENOENT, "wireguard generic netlink family unavailable "
+                                                       f"({e.strerror.partition(': ')[2]})") from None
+                raise KernelWgError(e.errno, e.strerror) from None
+            if family is None:
                 raise KernelWgError(errno_.ENOENT, "wireguard generic netlink family unavailable")
-            self._family = family
+            if len(family) != 2:
+                raise _bad(f"wireguard family id of {len(family)} bytes")
+            self._family = _U16.unpack(family)[0]
+            self._sock = sock
         except BaseException:
-            self._sock = None
             sock.close()
             raise
 
     def read_peers(self, ifname: str) -> tuple[Peer, ...]:
-        request = nla(WGDEVICE_A_IFNAME, ifname.encode() + b"\0")
+        request = bytes((WG_CMD_GET_DEVICE, WG_GENL_VERSION, 0, 0)) + attr(WGDEVICE_A_IFNAME, ifname.encode() + b"\0")
         try:
-            for _ in range(DUMP_RETRIES):
-                if self._sock is None:
-                    self._open()
-                # the whole dump first, decoded after: decoding between the reads
-                # would widen the window in which a change interrupts the dump
-                messages = list(self._request(self._family, NLM_F_DUMP, WG_CMD_GET_DEVICE, WG_GENL_VERSION,
-                                              request))
-                peers, interrupted = merge_dump(messages, self._memo.setdefault(ifname, {}))
-                if not interrupted:
-                    return peers
-        except OSError as e:
+            if self._sock is None:
+                self._open()
+            # the whole dump first, decoded after: decoding between the reads would
+            # widen the window in which a change interrupts the dump
+            payloads = self._sock.dump(self._family, [request], _payload, ifname)
+            return merge_dump(payloads, self._memo.setdefault(ifname, {}))
+        except KernelWgError as e:  # ours: say which interface
             self.close()
-            if isinstance(e, KernelWgError):
-                raise KernelWgError(e.errno, f"{ifname}: {e.strerror}") from None
-            raise KernelWgError(e.errno or errno_.EIO, f"{ifname}: {e}") from None
-        raise KernelWgError(errno_.EINTR, f"{ifname}: dump interrupted {DUMP_RETRIES} times in a row")
+            raise KernelWgError(e.errno, f"{ifname}: {e.strerror}") from None
+        except OSError as e:  # netlink.py's, already "<ifname>: ..."
+            self.close()
+            raise KernelWgError(e.errno or errno_.EIO, e.strerror or str(e)) from None
 
     def close(self):
         if self._sock is not None:

@@ -3,16 +3,36 @@
 The protocol (wireguard.com/xplatform): send "get=1\\n\\n"; the answer is key=value
 lines, interface keys first, then one block per peer starting at public_key=,
 ended by errno=N and an empty line. Keys are hex here (base64 everywhere else).
+
+Errors: UapiError (an OSError) and nothing else, whatever the socket answers:
+the socket's own errors (ECONNREFUSED, ETIMEDOUT, ...), the answer's errno when it
+is not 0, EPROTO for an answer that does not parse. Numbers are unsigned and at
+most 20 digits (a u64's width): a longer one is refused, never turned into an
+OverflowError or Python's ValueError for over-long integers.
+
+Which sockets count (as wireguard-tools' userspace_has_wireguard_interface, and
+stricter): only a socket (S_ISSOCK) that accepts a connection serves an interface;
+a plain file or a socket its process left behind is no UAPI socket. One that is not
+root's (nor the daemon's own uid's), by its owner or by the credentials of whoever
+listens on it, is refused: whoever serves it would choose the AllowedIPs that the
+daemon puts in the routing tables.
 """
 
 from __future__ import annotations
 
 import base64
+import errno as errno_
 import os
 import re
 import socket
+import stat
+import struct
+from typing import TYPE_CHECKING
 
 from .model import Peer, normalize_prefix
+
+if TYPE_CHECKING:
+    from .rtnl_links import Link
 
 SOCKET_DIR = "/var/run/wireguard"
 
@@ -25,28 +45,88 @@ def socket_path(ifname: str, directory: str = SOCKET_DIR) -> str:
     return os.path.join(directory, ifname + ".sock")
 
 
-def exists(ifname: str, directory: str = SOCKET_DIR) -> bool:
-    return os.path.exists(socket_path(ifname, directory))
+def probe(path: str, timeout: float = 2.0) -> str:
+    """Why `path` is no UAPI socket to read; "" when it is one: a socket that accepts
+    a connection (or is too busy to within the timeout: the read will say so). Who
+    owns it is request()'s to check, so that a foreign socket is reported, not
+    passed over."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "no UAPI socket"
+    except OSError as e:
+        return f"{path}: {e.strerror}"
+    if not stat.S_ISSOCK(st.st_mode):
+        return f"{path} is not a socket"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return f"nothing listens on {path} (a stale socket)"
+        except OSError:
+            pass
+    return ""
+
+
+_CREDS = struct.Struct("=iII")  # struct ucred: pid, uid, gid
+
+
+def _trusted(uid: int) -> bool:
+    return uid == 0 or uid == os.geteuid()
+
+
+def _connect(s: socket.socket, path: str) -> None:
+    """Connect to a UAPI socket only if root (or our own uid) owns it and listens on
+    it. The owner is checked before, the listener's credentials (SO_PEERCRED: as of
+    its listen()) after: a socket swapped in between is caught by the second."""
+    owner = os.stat(path).st_uid
+    if not _trusted(owner):
+        raise UapiError(errno_.EPERM, f"refusing {path}: owned by uid {owner}, not root")
+    s.connect(path)
+    pid, uid, _gid = _CREDS.unpack(s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size))
+    if not _trusted(uid):
+        raise UapiError(errno_.EPERM, f"refusing {path}: served by uid {uid} (pid {pid}), not root")
 
 
 def request(path: str, timeout: float = 2.0) -> bytes:
-    """One get=1 exchange; returns the raw answer up to and including errno=."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(path)
-        s.sendall(b"get=1\n\n")
-        chunks: list[bytes] = []
-        tail = b""
-        while True:
-            chunk = s.recv(262144)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            tail = chunk[-64:] if len(chunk) >= 64 else (tail + chunk)[-64:]
-            # wireguard-go keeps the connection open: the answer ends at "errno=N\n\n"
-            if tail.endswith(b"\n\n") and (b"\nerrno=" in tail or tail.startswith(b"errno=")):
-                break
+    """One get=1 exchange; returns the raw answer up to and including errno=.
+    UapiError for any failure of the socket, naming the path."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
+            s.settimeout(timeout)
+            _connect(s, path)
+            s.sendall(b"get=1\n\n")
+            chunks: list[bytes] = []
+            tail = b""
+            while True:
+                chunk = s.recv(262144)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                tail = chunk[-64:] if len(chunk) >= 64 else (tail + chunk)[-64:]
+                # wireguard-go keeps the connection open: the answer ends at "errno=N\n\n"
+                if tail.endswith(b"\n\n") and (b"\nerrno=" in tail or tail.startswith(b"errno=")):
+                    break
+    except TimeoutError:
+        raise UapiError(errno_.ETIMEDOUT, f"{path}: no answer within {timeout:g} s") from None
+    except UapiError:
+        raise
+    except OSError as e:
+        raise UapiError(e.errno or errno_.EIO, f"{path}: {e.strerror or e}") from None
     return b"".join(chunks)
+
+
+def _bad(detail: str) -> UapiError:
+    return UapiError(errno_.EPROTO, detail)
+
+
+def _number(value: str) -> int:
+    """An unsigned decimal of at most 20 digits (int() would also take signs, '_',
+    spaces and other scripts' digits, and raise ValueError past 4,300 digits)."""
+    if not (0 < len(value) <= 20 and value.isascii() and value.isdigit()):
+        raise ValueError("not an unsigned number of at most 20 digits")
+    return int(value)
 
 
 _keys: dict[str, str] = {}  # hex -> base64: the same keys come back every poll
@@ -65,19 +145,21 @@ def _hex_key(value: str) -> str:
 
 
 # A peer block as wireguard-go writes it (after its "public_key="), matched whole in C:
-# at 10,000 peers a poll is 100,000 lines, and a Python loop over them was the largest
-# cost of a cycle. Any answer of another shape (boringtun's order, future keys) goes
-# line by line.
+# a poll is ten lines per peer, and a Python loop over them was the largest cost of a
+# cycle at scale (bench/NOTES.md). Any answer of another shape (boringtun's order,
+# future keys) goes line by line.
+# Its numbers are matched as _number() reads them (ASCII, at most 20 digits), so that
+# no number that reaches int() and float() here can overflow.
 _PEER_BLOCK = re.compile(
     r"([0-9a-f]{64})\n"
     r"(?:preshared_key=[0-9a-f]{64}\n)?"
-    r"(?:protocol_version=\d+\n)?"
+    r"(?:protocol_version=[0-9]{1,20}\n)?"
     r"(?:endpoint=([^\n]*)\n)?"
-    r"last_handshake_time_sec=(\d+)\n"
-    r"last_handshake_time_nsec=(\d+)\n"
-    r"tx_bytes=(\d+)\n"
-    r"rx_bytes=(\d+)\n"
-    r"persistent_keepalive_interval=(\d+)\n"
+    r"last_handshake_time_sec=([0-9]{1,20})\n"
+    r"last_handshake_time_nsec=([0-9]{1,20})\n"
+    r"tx_bytes=([0-9]{1,20})\n"
+    r"rx_bytes=([0-9]{1,20})\n"
+    r"persistent_keepalive_interval=([0-9]{1,20})\n"
     r"((?:allowed_ip=[^\n]*\n)*)")
 _allowed: dict[str, tuple[str, ...]] = {}  # the allowed_ip lines of a block -> prefixes
 _new_peer = tuple.__new__  # Peer(...) without the Python-level __new__ of a NamedTuple
@@ -94,13 +176,16 @@ def parse(answer: bytes, memo: dict | None = None) -> tuple[Peer, ...]:
     text = answer.decode("utf-8", "replace")
     body, sep, tail = text.rpartition("errno=")
     if not sep or (body and not body.endswith("\n")):
-        raise UapiError("UAPI answer ended without errno=")
-    try:
-        errno = int(tail.strip())
+        raise _bad("UAPI answer ended without errno=")
+    value = tail.strip()
+    try:  # wireguard-go writes its errors negative (errno=-5), others positive
+        errno = -_number(value[1:]) if value.startswith("-") else _number(value)
     except ValueError:
-        raise UapiError(f"bad UAPI value 'errno={tail.strip()}'") from None
+        raise _bad(f"bad UAPI value 'errno={value[:40]}'") from None
     if errno != 0:
-        raise UapiError(f"UAPI returned errno={errno} ({os.strerror(errno)})")
+        code = abs(errno)
+        known = f" ({os.strerror(code)})" if code < 4096 else ""
+        raise UapiError(code if code < 4096 else errno_.EIO, f"UAPI returned errno={errno}{known}")
     if body.count("=") != body.count("\n"):
         return _parse_lines(body)  # a line that is not one key=value: let it name the line
     blocks = ("\n" + body).split("\npublic_key=")
@@ -153,7 +238,7 @@ def _parse_lines(body: str) -> tuple[Peer, ...]:
             continue
         key, sep, value = line.partition("=")
         if not sep:
-            raise UapiError(f"malformed UAPI line {line!r}")
+            raise _bad(f"malformed UAPI line {line[:80]!r}")
         try:
             if key == "public_key":
                 flush()
@@ -166,9 +251,9 @@ def _parse_lines(body: str) -> tuple[Peer, ...]:
             elif key == "endpoint":
                 cur["endpoint"] = value
             elif key in _NUMBERS:
-                cur[_NUMBERS[key]] = int(value)
+                cur[_NUMBERS[key]] = _number(value)
         except ValueError as e:
-            raise UapiError(f"bad UAPI value {line!r}: {e}") from None
+            raise _bad(f"bad UAPI value {line[:80]!r}: {e}") from None
     flush()
     return tuple(peers)
 
@@ -177,5 +262,21 @@ _NUMBERS = {"last_handshake_time_sec": "sec", "last_handshake_time_nsec": "nsec"
             "tx_bytes": "tx", "persistent_keepalive_interval": "keepalive"}
 
 
-def read_peers(ifname: str, directory: str = SOCKET_DIR, memo: dict | None = None) -> tuple[Peer, ...]:
-    return parse(request(socket_path(ifname, directory)), memo)
+class UapiWireGuard:
+    """The userspace backend (see wgsource.Backend): peers of wireguard-go or
+    boringtun interfaces, each read over DIRECTORY/IFNAME.sock, one connection a read."""
+
+    kind = "uapi"
+
+    def __init__(self, directory: str = SOCKET_DIR):
+        self.directory = directory
+        self._memo: dict[str, dict] = {}  # per interface: see parse
+
+    def serves(self, name: str, link: Link) -> str:
+        return probe(socket_path(name, self.directory))
+
+    def read_peers(self, ifname: str) -> tuple[Peer, ...]:
+        return parse(request(socket_path(ifname, self.directory)), self._memo.setdefault(ifname, {}))
+
+    def close(self):
+        self._memo.clear()
