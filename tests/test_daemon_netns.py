@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from .daemonctl import Agent, owned_prefixes, wait_for
 from .test_routes_netns import POLL, Site
+from .uapi_server import UapiServer
 
 pytestmark = pytest.mark.root
 
@@ -149,34 +148,6 @@ def test_the_interface_deleted_and_recreated_while_polled(site):
     assert len(agent.events("interface_unavailable")) <= 3 * 20
 
 
-class GarbageUapi:
-    """A UAPI socket that answers a get with what a broken or hostile peer might send."""
-
-    def __init__(self, path: str, answer: bytes):
-        self.answer = answer
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(path)
-        self.sock.listen(8)
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                try:
-                    conn.recv(64)
-                    conn.sendall(self.answer)
-                except OSError:
-                    pass
-
-    def close(self):
-        self.sock.close()
-
-
 HUGE = ("public_key=" + "ab" * 32 + "\nlast_handshake_time_sec=" + "9" * 400 +
         "\nlast_handshake_time_nsec=0\nrx_bytes=1\ntx_bytes=1\npersistent_keepalive_interval=0\n"
         "allowed_ip=10.0.51.5/32\nerrno=0\n\n").encode()
@@ -188,7 +159,7 @@ def test_a_uapi_socket_answering_garbage_is_an_unreadable_interface(site, answer
     site.phone("p1", "10.0.31.5")
     site.r.ip("link", "add", "wgx", "type", "bridge")
     site.r.ip("link", "set", "wgx", "up")
-    bad = GarbageUapi(os.path.join(site.r.rundir, "wgx.sock"), answer)
+    bad = UapiServer(site.r.rundir, answer, name="wgx")
     try:
         agent = Agent(site.lab, site.r, site.config(interfaces=("wg0", "wgx"))).start()
         wait_for(lambda: "iface=wgx" in " ".join(agent.events("interface_unavailable")), 5,

@@ -24,6 +24,7 @@ lingers.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
@@ -198,25 +199,33 @@ class NetlinkSocket:
                 if not dump:
                     return
 
-    def request(self, mtype: int, body: bytes, what: str, flags: int = 0) -> bytes:
-        """One request that is not a dump; the body of its answer (b"" for a bare ack)."""
-        seq = next(self.seq)
-        self._send(message(mtype, NLM_F_REQUEST | flags, seq, body), what)
+    @contextlib.contextmanager
+    def _exchange(self, what: str):
+        """Around reading one request's answers: a malformed message is EPROTO naming
+        what was asked, and after any failure the socket is replaced before the next
+        request (the rest of an abandoned dump would make the kernel refuse it: EBUSY)."""
         try:
-            data, rtype, _flags, off, end = next(self._answers(seq, what, dump=False))
+            yield
         except Malformed as e:
             self._stale = True
             raise OSError(errno.EPROTO, f"{what}: {e.strerror}") from None
         except BaseException:
             self._stale = True
             raise
+
+    def request(self, mtype: int, body: bytes, what: str, flags: int = 0) -> bytes:
+        """One request that is not a dump; the body of its answer (b"" for a bare ack)."""
+        seq = next(self.seq)
+        self._send(message(mtype, NLM_F_REQUEST | flags, seq, body), what)
+        with self._exchange(what):
+            data, rtype, _flags, off, end = next(self._answers(seq, what, dump=False))
         return b"" if rtype < NLMSG_MIN_TYPE else data[off:end]
 
     def transact(self, encode, items: list, what: str = "request") -> list[int]:
         """Send encode(item, seq) for each item, many per datagram; an errno per item
         (0 = done). Every request asks for its own acknowledgement, matched by seq."""
         results = [0] * len(items)
-        try:
+        with self._exchange(what):
             for start in range(0, len(items), BATCH):
                 chunk = items[start:start + BATCH]
                 first = next(self.seq)
@@ -233,12 +242,6 @@ class NetlinkSocket:
                             results[start + i] = _errno(data, off + NLMSG.size, off + length, mtype)
                             answered[i] = 1
                             pending -= 1
-        except Malformed as e:
-            self._stale = True
-            raise OSError(errno.EPROTO, f"{what}: {e.strerror}") from None
-        except BaseException:
-            self._stale = True
-            raise
         return results
 
     def dump(self, mtype: int, bodies: list[bytes], decode, what: str) -> list:
@@ -247,7 +250,7 @@ class NetlinkSocket:
         decode may raise Malformed; a struct.error, IndexError or ValueError from it
         (a field of the wrong size, say) is taken for one too. An interrupted dump is
         read again."""
-        try:
+        with self._exchange(what):
             for _ in range(DUMP_RETRIES):
                 out: list = []
                 interrupted = False
@@ -267,10 +270,4 @@ class NetlinkSocket:
                             out.append(item)
                 if not interrupted:
                     return out
-        except Malformed as e:
-            self._stale = True
-            raise OSError(errno.EPROTO, f"{what}: {e.strerror}") from None
-        except BaseException:
-            self._stale = True
-            raise
         raise OSError(errno.EINTR, f"{what}: dump interrupted {DUMP_RETRIES} times in a row")
