@@ -159,6 +159,15 @@ def test_yaml_errors(tmp_path, body, fragment):
         load_text(tmp_path, body, "c.yaml")
 
 
+def test_statements_that_libuci_drops_after_a_semicolon_are_warned_about(tmp_path):
+    # libuci (and so the init script and LuCI) never sees the metric: neither does
+    # wgagent, but it says so
+    cfg = load_text(tmp_path, "config interface 'wg0'\n\toption table main; option metric '5'\n")
+    assert cfg.interface("wg0") == config.InterfaceConfig("wg0", 254, 0)
+    assert len(cfg.warnings) == 1
+    assert cfg.warnings[0].startswith(f"{tmp_path / 'wgagent'}:2: ignored after ';': \"option metric '5'\"")
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         config.load(str(tmp_path / "absent"), TABLES)

@@ -402,10 +402,12 @@ def _convert(path: str, raw: RawSection, tables: dict[str, int], warnings: list[
     return values
 
 
-def build(path: str, raw_sections: list[RawSection], tables: dict[str, int] | None = None) -> Config:
-    """Validate raw sections into a Config. Raises ConfigError."""
+def build(path: str, raw_sections: list[RawSection], tables: dict[str, int] | None = None,
+          warnings: tuple[str, ...] | list[str] = ()) -> Config:
+    """Validate raw sections into a Config; `warnings` (from reading the file) come
+    first in its warnings. Raises ConfigError."""
     tables = read_rt_tables() if tables is None else tables
-    warnings: list[str] = []
+    warnings = list(warnings)
     agent = AgentConfig()
     interfaces: dict[str, InterfaceConfig] = {}
     peers: list[PeerConfig] = []
@@ -527,9 +529,9 @@ def _return_path(path: str, label: str, values: dict) -> ReturnPathConfig:
     return ReturnPathConfig(name=label, gateways=gateways, **values)
 
 
-def raw_from_uci(path: str, text_: str) -> list[RawSection]:
+def raw_from_uci(path: str, text_: str, warnings: list[str] | None = None) -> list[RawSection]:
     try:
-        sections = uci.parse(text_, path)
+        sections = uci.parse(text_, path, warnings)
     except uci.UciSyntaxError as e:
         raise ConfigError(path, None, None, None, f"line {e.line}: {str(e).split(': ', 1)[1]}") from None
     return [RawSection(s.type, s.label, dict(s.options)) for s in sections]
@@ -588,8 +590,9 @@ def load(path: str, tables: dict[str, int] | None = None) -> Config:
         raise ConfigError(path, None, None, None, f"cannot read: {e.strerror}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(path, None, None, None, f"not UTF-8 text: {e}") from None
+    warnings: list[str] = []
     if path.endswith((".yaml", ".yml")):
         raw = raw_from_yaml(path, body)
     else:
-        raw = raw_from_uci(path, body)
-    return build(path, raw, tables)
+        raw = raw_from_uci(path, body, warnings)
+    return build(path, raw, tables, warnings)
