@@ -109,6 +109,16 @@ def ifname(raw: str) -> str:
 
 
 def wg_key(raw: str) -> str:
+    """A WireGuard key as wg(8) and the kernel spell it: 44 characters of base64, 32 bytes.
+
+    32 bytes take 43 base64 characters and the 43rd carries 2 padding bits, which
+    Python's decoder ignores: "...B=" decodes to the same bytes as "...A=". Such a key
+    is refused, not mended. wg refuses it (wireguard-tools src/encoding.c,
+    key_from_base64, checks those bits), and the kernel and `wg show` give only the
+    form with them clear, so it would never match a peer: it comes from a hand edit
+    or a typo, and mending it quietly would hide a mistake whose neighbours (the
+    other bits of that character) are a different key. The error says what wg reads.
+    """
     value = _scalar(raw).strip()
     try:
         decoded = base64.b64decode(value, validate=True)
@@ -116,6 +126,11 @@ def wg_key(raw: str) -> str:
         decoded = b""
     if len(decoded) != 32 or len(value) != 44:
         raise ValueError("not a WireGuard key (44 characters of base64, 32 bytes)")
+    canonical = base64.b64encode(decoded).decode()
+    if value != canonical:
+        raise ValueError(f"not a WireGuard key as wg prints it: the padding bits of character 43 "
+                         f"({value[42]!r}) are set, which wg refuses; compare with `wg show` (with them "
+                         f"clear it would read {canonical!r})")
     return value
 
 
