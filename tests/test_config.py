@@ -8,6 +8,9 @@ from wgagent import config
 from wgagent.config import ConfigError
 
 KEY = "e++EP53PQnMQhMcJ0dJd9cvnGIl+gxJEx9a8EtSJuCY="
+# the same 32 bytes with padding bits set in the last character ('Y' is 24, 'Z' 25):
+# what wg refuses and the kernel never reports
+KEY_PADDED = [KEY[:42] + c + "=" for c in "Zab"]
 TABLES = {"main": 254, "local": 255, "default": 253, "wan": 100}
 
 
@@ -157,6 +160,46 @@ def test_structural_errors(tmp_path, body, fragment):
 def test_yaml_errors(tmp_path, body, fragment):
     with pytest.raises(ConfigError, match=fragment):
         load_text(tmp_path, body, "c.yaml")
+
+
+def test_statements_that_libuci_drops_after_a_semicolon_are_warned_about(tmp_path):
+    # libuci (and so the init script and LuCI) never sees the metric: neither does
+    # wgagent, but it says so
+    cfg = load_text(tmp_path, "config interface 'wg0'\n\toption table main; option metric '5'\n")
+    assert cfg.interface("wg0") == config.InterfaceConfig("wg0", 254, 0)
+    assert len(cfg.warnings) == 1
+    assert cfg.warnings[0].startswith(f"{tmp_path / 'wgagent'}:2: ignored after ';': \"option metric '5'\"")
+
+
+@pytest.mark.parametrize("bad", KEY_PADDED)
+def test_a_key_with_padding_bits_set_is_refused_in_uci_and_yaml(tmp_path, bad):
+    import base64
+    assert base64.b64decode(bad) == base64.b64decode(KEY)  # Python alone would take it
+    uci_text = f"config interface 'wg0'\nconfig peer 'phone'\n\toption interface 'wg0'\n\toption public_key '{bad}'\n"
+    yaml_text = f"interfaces:\n  wg0: {{}}\npeers:\n  phone:\n    interface: wg0\n    public_key: '{bad}'\n"
+    for name, body in (("wgagent", uci_text), ("c.yaml", yaml_text)):
+        with pytest.raises(ConfigError) as err:
+            load_text(tmp_path, body, name)
+        assert (err.value.path, err.value.section, err.value.option, err.value.value) == (
+            str(tmp_path / name), "phone", "public_key", bad)
+        assert f"section 'phone', option 'public_key', value '{bad}'" in str(err.value)
+        assert "padding bits" in str(err.value) and f"it would read '{KEY}'" in str(err.value)
+
+
+def test_key_check_agrees_with_wg(tmp_path):
+    # wg pubkey reads its input with key_from_base64, as `wg set ... peer` does
+    import shutil
+    import subprocess
+    if shutil.which("wg") is None:
+        pytest.skip("needs wg (wireguard-tools)")
+    for key in [KEY] + KEY_PADDED:
+        wg_ok = subprocess.run(["wg", "pubkey"], input=key + "\n", capture_output=True, text=True).returncode == 0
+        try:
+            config.wg_key(key)
+            ours = True
+        except ValueError:
+            ours = False
+        assert ours == wg_ok, key
 
 
 def test_missing_file(tmp_path):

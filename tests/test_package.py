@@ -4,6 +4,7 @@ default config, and the plain-Linux install. Inspected with standard tools."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -277,6 +278,8 @@ procd_send_signal() { echo "send_signal $*" >> "$LOG"; }
 procd_running() { echo "running? $*" >> "$LOG"; [ "$WGA_RUNNING" = 1 ]; }
 # rc.common's start: start_service, then procd_close_service calls service_triggers
 start() { echo "start" >> "$LOG"; start_service; service_triggers; }
+# rc.common's reload when USE_PROCD is set: reload_service if the script has one
+reload() { echo "reload" >> "$LOG"; reload_service; }
 config_load() { echo "config_load $1" >> "$LOG"; }
 config_get() { eval "$1=\${CONFIG_$2_$3:-$4}"; }
 config_get_bool() {
@@ -351,7 +354,10 @@ def test_start_service_runs_one_respawning_instance(tmp_path):
     assert not any("stdout" in c for c in calls)  # the daemon logs to syslog itself: once per line
 
 
-def test_triggers_reload_on_commit_and_on_the_wireguard_networks(tmp_path):
+def test_triggers_reload_on_a_config_change_event_and_on_the_wireguard_networks(tmp_path):
+    # the reload trigger fires on procd's config.change event for wgagent, which rpcd
+    # sends after `ubus call uci commit` (LuCI) and reload_config after a change; a
+    # plain `uci commit` sends nothing (test_uci_commit_alone_tells_nobody)
     calls = run_init(tmp_path, S1, "service_triggers")
     assert calls == [
         "reload_trigger wgagent",
@@ -396,6 +402,167 @@ def test_reload_of_a_stopped_or_disabled_daemon_sends_no_signal(tmp_path):
                      running=True)
     assert "open_instance main" not in calls  # procd stops the instance it no longer gets
     assert not any(c.startswith("send_signal") for c in calls)
+
+
+# --- after `uci commit wgagent`: who tells procd (README, "Scenario S1 with uci")
+#
+# Stand-ins for what runs on the router, with the paths under $ROOT:
+# - reload_config: the steps of OpenWrt's /sbin/reload_config (openwrt/openwrt
+#   package/system/procd/files/reload_config, run once by /etc/init.d/boot at the end
+#   of boot()): the `uci show` of every config is hashed, each config whose hash
+#   differs from the one in /var/run/config.md5 gets a config.change event, and the
+#   new hashes replace the file. `md5sum -c` checks only the configs the file lists:
+#   one that appeared since (opkg install after boot) gets no event, only a line.
+# - uci: `show` prints what wgagent.uci reads (the format of `uci show`); `commit`
+#   puts the staged file in place and tells nobody (libuci links no ubus: openwrt/uci
+#   CMakeLists.txt links ubox only, and cli.c's commit ends in uci_commit, a file write).
+# - ubus: `call service event JSON` appends the event to $ROOT/events for the procd
+#   double below.
+RELOAD_CONFIG = r"""#!/bin/sh
+md5file="$ROOT/var/run/config.md5"
+cd "$ROOT/etc/config" && dir=$(mktemp -d) && [ -d "$dir" ] || exit 1
+for conf in *; do
+	uci show "$conf" > "$dir/$conf"
+done
+cd "$dir"
+if [ -f "$md5file" ]; then
+	md5sum -c "$md5file" 2>/dev/null | awk -F: '/FAILED$/ {print $1}' | while read -r conf; do
+		ubus call service event "{'type':'config.change','data':{'package':'$conf'}}"
+	done
+fi
+md5sum * > "$md5file"
+cd / && rm -rf "$dir"
+"""
+UCI_STANDIN = """#!{python}
+import os, sys
+sys.path.insert(0, {src!r})
+from wgagent import uci
+root, (cmd, conf) = os.environ["ROOT"], sys.argv[1:3]
+if cmd == "show":
+    for s in uci.parse(open(os.path.join(root, "etc/config", conf)).read(), conf):
+        print(f"{{conf}}.{{s.label}}={{s.type}}")
+        for key, value in s.options.items():
+            print(f"{{conf}}.{{s.label}}.{{key}}=" + " ".join(uci.quote(v) for v in (value if isinstance(value, list) else [value])))
+elif cmd == "commit":
+    os.replace(os.path.join(root, "tmp/.uci", conf), os.path.join(root, "etc/config", conf))
+"""
+UBUS_STANDIN = """#!/bin/sh
+[ "$1 $2 $3" = "call service event" ] && echo "$4" >> "$ROOT/events"
+"""
+
+
+class Router:
+    """A root with /etc/config, /var/run/config.md5 and the stand-ins above; busybox
+    (OpenWrt's) gives sh, md5sum, awk, mktemp and rm."""
+
+    def __init__(self, tmp_path):
+        self.tmp_path = tmp_path
+        self.root = tmp_path / "root"
+        self.bin = tmp_path / "bin"
+        for d in (self.root / "etc/config", self.root / "var/run", self.root / "tmp/.uci", self.bin):
+            d.mkdir(parents=True)
+        for applet in ("sh", "md5sum", "awk", "mktemp", "rm"):
+            os.symlink(_busybox(), self.bin / applet)
+        for name, text in (("reload_config", RELOAD_CONFIG), ("ubus", UBUS_STANDIN),
+                           ("uci", UCI_STANDIN.format(python=sys.executable, src=ROOT))):
+            (self.bin / name).write_text(text)
+            (self.bin / name).chmod(0o755)
+        self.env = dict(os.environ, ROOT=str(self.root), PATH=str(self.bin), TMPDIR=str(tmp_path))
+        self.write("network", "config interface 'lan'\n\toption proto 'static'\n")
+
+    def write(self, conf: str, text: str) -> None:
+        """The file as opkg or an editor leaves it."""
+        (self.root / "etc/config" / conf).write_text(text)
+
+    def config(self, conf: str) -> str:
+        return (self.root / "etc/config" / conf).read_text()
+
+    def uci_commit(self, conf: str, text: str) -> None:
+        """`uci set ...` staged the new text; `uci commit CONF` writes it."""
+        (self.root / "tmp/.uci" / conf).write_text(text)
+        subprocess.run([str(self.bin / "uci"), "commit", conf], env=self.env, check=True)
+
+    def reload_config(self) -> list[dict]:
+        """Run reload_config; the events it sent to procd."""
+        events = self.root / "events"
+        events.write_text("")
+        r = subprocess.run([str(self.bin / "sh"), str(self.bin / "reload_config")], env=self.env,
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        # json-c, which the ubus CLI parses with, takes single-quoted strings
+        return [json.loads(line.replace("'", '"')) for line in events.read_text().splitlines()]
+
+    def procd(self, events: list[dict], running: bool = True) -> list[list[str]]:
+        """procd's side (procd service/trigger.c): the init script's triggers, as its
+        service_triggers registers them, matched against each event; a command
+        already waiting out its delay is not queued again (trigger_command_add), so it
+        runs once. Returns the calls of each run of `/etc/init.d/wgagent reload`."""
+        text = self.config("wgagent")
+        registered = run_init(self.tmp_path, text, "service_triggers")
+        packages = {c.split()[1] for c in registered if c.startswith("reload_trigger ")}
+        queued: list[str] = []
+        for event in events:
+            if event["type"] == "config.change" and event["data"]["package"] in packages:
+                command = "/etc/init.d/wgagent reload"  # procd.sh _procd_add_reload_trigger
+                if command not in queued:
+                    queued.append(command)
+        return [run_init(self.tmp_path, text, "reload", running=running) for _ in queued]
+
+
+S1_EDITED = S1 + "config peer 'laptop'\n\toption interface 'wg0'\n"
+
+
+def _sighups(runs: list[list[str]]) -> int:
+    return sum(c == "send_signal wgagent main HUP" for run in runs for c in run)
+
+
+def test_uci_commit_alone_tells_nobody(tmp_path):
+    router = Router(tmp_path)
+    router.write("wgagent", S1)
+    assert router.reload_config() == []  # at boot: no md5 file yet, so no event; it is filled
+    router.uci_commit("wgagent", S1_EDITED)
+    assert router.config("wgagent") == S1_EDITED
+    assert not (router.root / "events").read_text()  # nothing reached procd: no reload, no SIGHUP
+
+
+def test_reload_config_after_a_change_to_a_config_seen_at_boot_reloads_once(tmp_path):
+    router = Router(tmp_path)
+    router.write("wgagent", S1)
+    assert router.reload_config() == []  # /etc/init.d/boot
+    assert router.procd(router.reload_config()) == []  # nothing changed: nothing sent
+    router.uci_commit("wgagent", S1_EDITED)
+    router.write("network", "config interface 'lan'\n\toption proto 'dhcp'\n")
+    events = router.reload_config()
+    assert sorted(e["data"]["package"] for e in events) == ["network", "wgagent"]
+    runs = router.procd(events)
+    assert len(runs) == 1 and runs[0][:2] == ["reload", "running? wgagent main"]
+    assert _sighups(runs) == 1
+    # a comment changes no `uci show`: no event
+    router.uci_commit("wgagent", "# note\n" + S1_EDITED)
+    assert router.reload_config() == []
+
+
+def test_reload_config_is_silent_for_a_config_not_seen_since_boot(tmp_path):
+    router = Router(tmp_path)
+    assert router.reload_config() == []  # boot, before wgagent is installed
+    router.write("wgagent", S1)  # opkg install (postinst starts wgagent, which reads it)
+    router.uci_commit("wgagent", S1_EDITED)
+    assert router.reload_config() == []  # the md5 file had no line for wgagent: no event ...
+    assert "  wgagent" in (router.root / "var/run/config.md5").read_text()  # ... only a line now
+    # from then on a change does reach procd
+    router.uci_commit("wgagent", S1_EDITED + "config interface 'wg9'\n")
+    assert _sighups(router.procd(router.reload_config())) == 1
+
+
+def test_init_reload_always_rereads(tmp_path):
+    router = Router(tmp_path)
+    assert router.reload_config() == []
+    router.write("wgagent", S1)
+    router.uci_commit("wgagent", S1_EDITED)
+    assert router.procd(router.reload_config()) == []  # the silent case above
+    # what the README says always works: /etc/init.d/wgagent reload
+    calls = run_init(tmp_path, router.config("wgagent"), "reload", running=True)
+    assert calls[0] == "reload" and calls[-1] == "send_signal wgagent main HUP"
 
 
 def test_init_script_syntax_and_shellcheck():
@@ -446,6 +613,19 @@ def _install_section() -> str:
 def test_readme_install_lines_name_what_make_ipk_builds(ipks):
     line = next(ln for ln in _install_section().splitlines() if ln.strip().startswith("opkg install"))
     assert sorted(line.split()[2:]) == sorted("./" + os.path.basename(p) for p in ipks.values())
+
+
+def test_readme_follows_every_uci_commit_of_wgagent_with_a_reload():
+    # a CLI commit tells procd nothing (test_uci_commit_alone_tells_nobody): an
+    # example that commits goes on with a reload, and no comment says the commit does it
+    text = open(os.path.join(ROOT, "README.md")).read()
+    commits = [m.end() for m in re.finditer(r"uci commit wgagent", text)]
+    assert commits
+    for end in commits:
+        line = text[text.rfind("\n", 0, end) + 1:text.find("\n", end)]
+        assert "procd reloads" not in line, line
+        follow = text[end:end + 100]
+        assert "/etc/init.d/wgagent reload" in follow or "reload_config" in follow, text[end - 60:end + 100]
 
 
 def test_readme_install_commands_are_valid_shell():

@@ -109,6 +109,16 @@ def ifname(raw: str) -> str:
 
 
 def wg_key(raw: str) -> str:
+    """A WireGuard key as wg(8) and the kernel spell it: 44 characters of base64, 32 bytes.
+
+    32 bytes take 43 base64 characters and the 43rd carries 2 padding bits, which
+    Python's decoder ignores: "...B=" decodes to the same bytes as "...A=". Such a key
+    is refused, not mended. wg refuses it (wireguard-tools src/encoding.c,
+    key_from_base64, checks those bits), and the kernel and `wg show` give only the
+    form with them clear, so it would never match a peer: it comes from a hand edit
+    or a typo, and mending it quietly would hide a mistake whose neighbours (the
+    other bits of that character) are a different key. The error says what wg reads.
+    """
     value = _scalar(raw).strip()
     try:
         decoded = base64.b64decode(value, validate=True)
@@ -116,6 +126,11 @@ def wg_key(raw: str) -> str:
         decoded = b""
     if len(decoded) != 32 or len(value) != 44:
         raise ValueError("not a WireGuard key (44 characters of base64, 32 bytes)")
+    canonical = base64.b64encode(decoded).decode()
+    if value != canonical:
+        raise ValueError(f"not a WireGuard key as wg prints it: the padding bits of character 43 "
+                         f"({value[42]!r}) are set, which wg refuses; compare with `wg show` (with them "
+                         f"clear it would read {canonical!r})")
     return value
 
 
@@ -402,10 +417,12 @@ def _convert(path: str, raw: RawSection, tables: dict[str, int], warnings: list[
     return values
 
 
-def build(path: str, raw_sections: list[RawSection], tables: dict[str, int] | None = None) -> Config:
-    """Validate raw sections into a Config. Raises ConfigError."""
+def build(path: str, raw_sections: list[RawSection], tables: dict[str, int] | None = None,
+          warnings: tuple[str, ...] | list[str] = ()) -> Config:
+    """Validate raw sections into a Config; `warnings` (from reading the file) come
+    first in its warnings. Raises ConfigError."""
     tables = read_rt_tables() if tables is None else tables
-    warnings: list[str] = []
+    warnings = list(warnings)
     agent = AgentConfig()
     interfaces: dict[str, InterfaceConfig] = {}
     peers: list[PeerConfig] = []
@@ -527,9 +544,9 @@ def _return_path(path: str, label: str, values: dict) -> ReturnPathConfig:
     return ReturnPathConfig(name=label, gateways=gateways, **values)
 
 
-def raw_from_uci(path: str, text_: str) -> list[RawSection]:
+def raw_from_uci(path: str, text_: str, warnings: list[str] | None = None) -> list[RawSection]:
     try:
-        sections = uci.parse(text_, path)
+        sections = uci.parse(text_, path, warnings)
     except uci.UciSyntaxError as e:
         raise ConfigError(path, None, None, None, f"line {e.line}: {str(e).split(': ', 1)[1]}") from None
     return [RawSection(s.type, s.label, dict(s.options)) for s in sections]
@@ -588,8 +605,9 @@ def load(path: str, tables: dict[str, int] | None = None) -> Config:
         raise ConfigError(path, None, None, None, f"cannot read: {e.strerror}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(path, None, None, None, f"not UTF-8 text: {e}") from None
+    warnings: list[str] = []
     if path.endswith((".yaml", ".yml")):
         raw = raw_from_yaml(path, body)
     else:
-        raw = raw_from_uci(path, body)
-    return build(path, raw, tables)
+        raw = raw_from_uci(path, body, warnings)
+    return build(path, raw, tables, warnings)
