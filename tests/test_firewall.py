@@ -132,37 +132,6 @@ def test_owned_from_get_ignores_every_other_section():
 # --- the writer against the rpcd double, over both transports
 
 
-@pytest.fixture
-def double(tmp_path):
-    confdir = tmp_path / "config"
-    confdir.mkdir()
-    (confdir / "firewall").write_text(open(os.path.join(DATA, "firewall.base")).read())
-    (confdir / "network").write_text("config interface 'lan'\n\toption proto 'static'\n")
-    d = UbusDouble(str(tmp_path / "ubus.sock"), str(confdir), str(tmp_path / "uci-delta"))
-    yield d
-    d.close()
-
-
-@pytest.fixture(params=["python-ubus", "ubus-cli"])
-def client(request, double, monkeypatch):
-    """A wgagent ubus client as picked by ubus.connect(), over each transport."""
-    if request.param == "python-ubus":
-        monkeypatch.syspath_prepend(PYMOD)
-        sys.modules.pop("ubus", None)
-        monkeypatch.setattr(ubus_mod, "_python_client", None)
-    else:
-        monkeypatch.setitem(sys.modules, "ubus", None)  # import ubus fails: as on a host without it
-        monkeypatch.setenv("PATH", BIN + os.pathsep + os.environ["PATH"])
-    c = ubus_mod.connect(double.path)
-    assert c is not None and c.name == request.param
-    yield c
-    if request.param == "python-ubus":
-        mod = sys.modules.get("ubus")
-        if mod is not None and mod.get_connected():
-            mod.disconnect()
-        sys.modules.pop("ubus", None)
-
-
 def file_sections(double) -> list[tuple]:
     with open(os.path.join(double.uci.confdir, "firewall")) as f:
         return [(s.type, s.name, s.options) for s in uci.parse(f.read())]
@@ -782,22 +751,3 @@ def test_python_ubus_reconnects_after_ubusd_restarts_and_follows_the_socket(tmp_
         d.close()
         if other is not None:
             other.close()
-
-
-# --- netifd: network -> device
-
-
-def test_netifd_resolve(double, client):
-    from wgagent import netifd
-
-    double.add_interface("wan", proto="pppoe", device="eth1", l3_device="pppoe-wan")
-    double.add_interface("lan", device="br-lan")
-    double.add_interface("wwan", proto="dhcp", device="wlan0", up=False)
-    assert netifd.resolve("wan", client) == "pppoe-wan"  # the device packets leave by
-    assert netifd.resolve("lan", client) == "br-lan"
-    with pytest.raises(netifd.ResolveError, match="network 'wwan' is down"):
-        netifd.resolve("wwan", client)  # not its configured wlan0
-    with pytest.raises(netifd.ResolveError, match="network 'nope' unknown to netifd"):
-        netifd.resolve("nope", client)
-    with pytest.raises(netifd.ResolveError, match="no ubus here"):
-        netifd.resolve("wan", None)
