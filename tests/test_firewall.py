@@ -18,8 +18,6 @@ from wgagent import ubus as ubus_mod
 from wgagent.config import ConfigError
 from wgagent.firewall import OWNED_PREFIX, ForeignPending, Section
 
-from .ubus_double.server import UbusDouble
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "data")
 GOLDEN = os.path.join(HERE, "golden")
@@ -513,24 +511,6 @@ def test_the_doubles_commit_writer_follows_libuci_export():
     assert checked >= 5
 
 
-def test_cli_client_takes_the_status_from_the_exit_code(double, monkeypatch):
-    monkeypatch.setenv("PATH", BIN + os.pathsep + os.environ["PATH"])
-    c = ubus_mod.CliUbus(os.path.join(BIN, "ubus"), double.path)
-    with pytest.raises(ubus_mod.UbusError) as e:
-        c.call("uci", "add", {"config": "firewall", "type": "bad type"})
-    # the usage text after it has parentheses of its own: "(for monitor)"
-    assert (e.value.status, e.value.strerror) == (2, "Invalid argument")
-    with pytest.raises(ubus_mod.UbusError) as e:
-        c.call("nosuchobject", "get", {})
-    assert (e.value.status, e.value.strerror) == (4, "Not found")  # exit 4, not 256 - 4
-    with pytest.raises(ubus_mod.UbusError) as e:
-        c.call("uci", "set", {"config": "firewall", "section": "nope", "values": {"a": "b"}})
-    assert e.value.status == 4
-    with pytest.raises(ubus_mod.UbusError) as e:
-        ubus_mod.CliUbus(os.path.join(BIN, "ubus"), double.path + ".gone").call("uci", "changes", {})
-    assert e.value.status == ubus_mod.CONNECTION_FAILED
-
-
 def test_forwarding_names_that_collide_are_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"section 'a_to_b', option 'forward_to', value 'c'.*"
                                           r"forwarding a -> b_to_c \(section 'a', option 'forward_to'\).*"
@@ -720,34 +700,3 @@ def test_a_slow_rpcd_leaves_the_route_loop_running(tmp_path, monkeypatch):
             mod.disconnect()
         proc.terminate()
         proc.wait(10)
-
-
-def test_python_ubus_reconnects_after_ubusd_restarts_and_follows_the_socket(tmp_path, monkeypatch):
-    confdir = tmp_path / "config"
-    confdir.mkdir()
-    (confdir / "firewall").write_text(open(os.path.join(DATA, "firewall.base")).read())
-    monkeypatch.syspath_prepend(PYMOD)
-    sys.modules.pop("ubus", None)
-    monkeypatch.setattr(ubus_mod, "_python_client", None)
-    sock = str(tmp_path / "ubus.sock")
-    d = UbusDouble(sock, str(confdir), str(tmp_path / "delta"))
-    other = None
-    try:
-        c = ubus_mod.connect(sock)
-        assert c.name == "python-ubus"
-        assert c.call("uci", "changes", {"config": "firewall"}) == {"changes": []}
-        d.close()  # ubusd restarts: the module's connection is dead
-        d = UbusDouble(sock, str(confdir), str(tmp_path / "delta"))
-        assert c.call("uci", "changes", {"config": "firewall"}) == {"changes": []}
-        # a reload with another ubus_socket: the next call goes there
-        other = UbusDouble(str(tmp_path / "other.sock"), str(confdir), str(tmp_path / "delta2"))
-        c2 = ubus_mod.connect(other.path)
-        assert c2.call("uci", "changes", {"config": "firewall"}) == {"changes": []}
-        assert other.uci.calls and sys.modules["ubus"].get_socket_path() == other.path
-    finally:
-        mod = sys.modules.pop("ubus", None)
-        if mod is not None and mod.get_connected():
-            mod.disconnect()
-        d.close()
-        if other is not None:
-            other.close()

@@ -1,0 +1,67 @@
+"""wgagent's ubus clients (wgagent.ubus): the ubus CLI and python-ubus, against the
+ubus double (tests/ubus_double): status codes, reconnection."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from wgagent import ubus as ubus_mod
+
+from .ubus_double.server import UbusDouble
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = os.path.join(HERE, "data")
+BIN = os.path.join(HERE, "ubus_double", "bin")
+PYMOD = os.path.join(HERE, "ubus_double", "pymod")
+
+
+def test_cli_client_takes_the_status_from_the_exit_code(double, monkeypatch):
+    monkeypatch.setenv("PATH", BIN + os.pathsep + os.environ["PATH"])
+    c = ubus_mod.CliUbus(os.path.join(BIN, "ubus"), double.path)
+    with pytest.raises(ubus_mod.UbusError) as e:
+        c.call("uci", "add", {"config": "firewall", "type": "bad type"})
+    # the usage text after it has parentheses of its own: "(for monitor)"
+    assert (e.value.status, e.value.strerror) == (2, "Invalid argument")
+    with pytest.raises(ubus_mod.UbusError) as e:
+        c.call("nosuchobject", "get", {})
+    assert (e.value.status, e.value.strerror) == (4, "Not found")  # exit 4, not 256 - 4
+    with pytest.raises(ubus_mod.UbusError) as e:
+        c.call("uci", "set", {"config": "firewall", "section": "nope", "values": {"a": "b"}})
+    assert e.value.status == 4
+    with pytest.raises(ubus_mod.UbusError) as e:
+        ubus_mod.CliUbus(os.path.join(BIN, "ubus"), double.path + ".gone").call("uci", "changes", {})
+    assert e.value.status == ubus_mod.CONNECTION_FAILED
+
+
+def test_python_ubus_reconnects_after_ubusd_restarts_and_follows_the_socket(tmp_path, monkeypatch):
+    confdir = tmp_path / "config"
+    confdir.mkdir()
+    (confdir / "firewall").write_text(open(os.path.join(DATA, "firewall.base")).read())
+    monkeypatch.syspath_prepend(PYMOD)
+    sys.modules.pop("ubus", None)
+    monkeypatch.setattr(ubus_mod, "_python_client", None)
+    sock = str(tmp_path / "ubus.sock")
+    d = UbusDouble(sock, str(confdir), str(tmp_path / "delta"))
+    other = None
+    try:
+        c = ubus_mod.connect(sock)
+        assert c.name == "python-ubus"
+        assert c.call("uci", "changes", {"config": "firewall"}) == {"changes": []}
+        d.close()  # ubusd restarts: the module's connection is dead
+        d = UbusDouble(sock, str(confdir), str(tmp_path / "delta"))
+        assert c.call("uci", "changes", {"config": "firewall"}) == {"changes": []}
+        # a reload with another ubus_socket: the next call goes there
+        other = UbusDouble(str(tmp_path / "other.sock"), str(confdir), str(tmp_path / "delta2"))
+        c2 = ubus_mod.connect(other.path)
+        assert c2.call("uci", "changes", {"config": "firewall"}) == {"changes": []}
+        assert other.uci.calls and sys.modules["ubus"].get_socket_path() == other.path
+    finally:
+        mod = sys.modules.pop("ubus", None)
+        if mod is not None and mod.get_connected():
+            mod.disconnect()
+        d.close()
+        if other is not None:
+            other.close()
