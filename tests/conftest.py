@@ -90,7 +90,7 @@ def client(request, double, monkeypatch):
         monkeypatch.setattr(ubus_mod, "_python_client", None)
     else:
         monkeypatch.setitem(sys.modules, "ubus", None)  # import ubus fails: as on a host without it
-        monkeypatch.setenv("PATH", UBUS_BIN + os.pathsep + os.environ["PATH"])
+        monkeypatch.setenv(ubus_mod.CLI_ENV, os.path.join(UBUS_BIN, "ubus"))
     c = ubus_mod.connect(double.path)
     assert c is not None and c.name == request.param
     yield c

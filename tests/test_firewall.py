@@ -273,11 +273,9 @@ def test_the_double_replays_the_transcripts_exactly(tmp_path, name):
     assert not diffs, "\n\n".join(diffs)
 
 
-def test_cli_exit_codes_and_messages(double, monkeypatch):
-    env = dict(os.environ, PATH=BIN + os.pathsep + os.environ["PATH"])
-
+def test_cli_exit_codes_and_messages(double):
     def ubus(*args):
-        return subprocess.run(["ubus", "-s", double.path, *args], capture_output=True, text=True, env=env)
+        return subprocess.run([os.path.join(BIN, "ubus"), "-s", double.path, *args], capture_output=True, text=True)
 
     r = ubus("call", "uci", "set", '{"config":"firewall","section":"does_not_exist","values":{"input":"ACCEPT"}}')
     assert r.returncode == 252 and r.stderr.strip() == (
@@ -649,7 +647,7 @@ def test_the_firewall_thread_takes_the_cli_where_both_exist(tmp_path, double, mo
     monkeypatch.syspath_prepend(PYMOD)
     sys.modules.pop("ubus", None)
     monkeypatch.setattr(ubus_mod, "_python_client", None)
-    monkeypatch.setenv("PATH", BIN + os.pathsep + os.environ["PATH"])
+    monkeypatch.setenv(ubus_mod.CLI_ENV, os.path.join(BIN, "ubus"))
     try:
         sync = firewall.FirewallSync(op_config(tmp_path, "op1"), None)
         assert sync.connect(double.path).name == "ubus-cli"  # its waits leave the GIL free
@@ -683,7 +681,7 @@ def test_a_slow_rpcd_leaves_the_route_loop_running(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(PYMOD)
     sys.modules.pop("ubus", None)
     monkeypatch.setattr(ubus_mod, "_python_client", None)
-    monkeypatch.setenv("PATH", BIN + os.pathsep + os.environ["PATH"])
+    monkeypatch.setenv(ubus_mod.CLI_ENV, os.path.join(BIN, "ubus"))
     try:
         assert proc.stdout.readline() == "ready\n"
         cli_client = firewall.FirewallSync(op_config(tmp_path, "op1"), None).connect(sock)

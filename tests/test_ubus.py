@@ -18,8 +18,7 @@ BIN = os.path.join(HERE, "ubus_double", "bin")
 PYMOD = os.path.join(HERE, "ubus_double", "pymod")
 
 
-def test_cli_client_takes_the_status_from_the_exit_code(double, monkeypatch):
-    monkeypatch.setenv("PATH", BIN + os.pathsep + os.environ["PATH"])
+def test_cli_client_takes_the_status_from_the_exit_code(double):
     c = ubus_mod.CliUbus(os.path.join(BIN, "ubus"), double.path)
     with pytest.raises(ubus_mod.UbusError) as e:
         c.call("uci", "add", {"config": "firewall", "type": "bad type"})
@@ -65,3 +64,25 @@ def test_python_ubus_reconnects_after_ubusd_restarts_and_follows_the_socket(tmp_
         d.close()
         if other is not None:
             other.close()
+
+
+def test_the_ubus_cli_is_run_by_absolute_path_never_through_path(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ubus", None)  # no python-ubus: the CLI or nothing
+    monkeypatch.delenv(ubus_mod.CLI_ENV, raising=False)
+    # a `ubus` first in PATH (a writable directory, the current one) is never run
+    monkeypatch.setenv("PATH", BIN + os.pathsep + os.environ["PATH"])
+    monkeypatch.setattr(ubus_mod, "CLI_PATHS", (str(tmp_path / "bin" / "ubus"), str(tmp_path / "usr" / "ubus")))
+    assert ubus_mod.connect("", threaded=True) is None and ubus_mod.connect("") is None
+    # the fixed places, in order (OpenWrt: /bin/ubus)
+    for where in ("usr", "bin"):
+        (tmp_path / where).mkdir()
+        (tmp_path / where / "ubus").write_text("#!/bin/sh\n")
+        (tmp_path / where / "ubus").chmod(0o755)
+    c = ubus_mod.connect("/run/ubus.sock", threaded=True)
+    assert (c.name, c.path, c.socket) == ("ubus-cli", str(tmp_path / "bin" / "ubus"), "/run/ubus.sock")
+    # WGAGENT_UBUS_CLI replaces them: the tests' stand-in; set, it is the only candidate
+    monkeypatch.setenv(ubus_mod.CLI_ENV, os.path.join(BIN, "ubus"))
+    assert ubus_mod.connect("", threaded=True).path == os.path.join(BIN, "ubus")
+    for unusable in ("ubus", str(tmp_path / "missing"), str(tmp_path / "usr")):  # relative, absent, a directory
+        monkeypatch.setenv(ubus_mod.CLI_ENV, unusable)
+        assert ubus_mod.cli_path() is None and ubus_mod.connect("", threaded=True) is None

@@ -15,12 +15,16 @@ not; one-shot commands (`wgagent status`, `wgagent firewall`) take python-ubus.
 python-ubus keeps one module-level connection per process, which dies with ubusd:
 a call that finds it dead disconnects and connects again (once, at once), and a
 different socket path (a reload changed ubus_socket) reconnects to the new one.
+
+The `ubus` command is run by absolute path (cli_path()), never looked up through
+PATH: the daemon runs as root, and a PATH entry (a writable directory, the current
+one) would choose the program it runs with the firewall's arguments.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import subprocess
 import threading
 
@@ -31,6 +35,20 @@ STATUS_CODES = {"Invalid command": 1, "Invalid argument": 2, "Method not found":
 NOT_FOUND, TIMEOUT, CONNECTION_FAILED = 4, 7, 10
 STATUS_TEXT = {code: text for text, code in STATUS_CODES.items()}
 DEFAULT_SOCKET = "/var/run/ubus/ubus.sock"
+# OpenWrt's package ubus installs the CLI as /bin/ubus; /usr/bin/ubus for a layout that moves it
+CLI_PATHS = ("/bin/ubus", "/usr/bin/ubus")
+# an absolute path that replaces CLI_PATHS (the tests name their stand-in here); set, it is
+# the only candidate: a value that is not an absolute path to an executable means no CLI
+CLI_ENV = "WGAGENT_UBUS_CLI"
+
+
+def cli_path() -> str | None:
+    """The ubus CLI to run, or None: CLI_ENV when set, else the first of CLI_PATHS."""
+    override = os.environ.get(CLI_ENV)
+    for path in (override,) if override else CLI_PATHS:
+        if os.path.isabs(path) and os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
 
 
 class UbusError(OSError):
@@ -128,7 +146,7 @@ def connect(socket_path: str = "", threaded: bool = False):
     threaded: for a thread beside the route loop, which must never hold the GIL
     while waiting on rpcd (see above): the CLI first."""
     global _python_client
-    cli = shutil.which("ubus")
+    cli = cli_path()
     if threaded and cli is not None:
         return CliUbus(cli, socket_path)
     try:
