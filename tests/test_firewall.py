@@ -633,6 +633,28 @@ def test_status_shows_leftover_sections_without_zones(tmp_path, double, client):
         assert cli.gather_status(cfg)["firewall"] == st
 
 
+class Replies:
+    """A ubus client whose uci get answers `reply` (and session create a session)."""
+
+    def __init__(self, reply):
+        self.reply = reply
+
+    def call(self, obj, method, args, timeout=10):
+        if (obj, method) == ("session", "create"):
+            return {"ubus_rpc_session": "5" * 32, "timeout": args["timeout"], "expires": args["timeout"],
+                    "acls": {}, "data": {}}
+        return self.reply if (obj, method) == ("uci", "get") else {}
+
+
+@pytest.mark.parametrize("reply", [{}, {"values": ["wgagent_zone_wg0"]}, {"values": {"wgagent_zone_wg0": "zone"}},
+                                   {"values": {"lan": None}}], ids=repr)
+def test_a_malformed_get_is_a_ubus_error(tmp_path, reply):
+    desired = firewall.desired_sections(op_config(tmp_path, "op1"))
+    with pytest.raises(ubus_mod.UbusError) as e:
+        firewall.FirewallWriter(Replies(reply)).read(desired)
+    assert e.value.status == ubus_mod.PARSE_ERROR
+
+
 def test_status_without_ubus_and_zones_says_nothing(tmp_path, monkeypatch):
     from wgagent import cli
 

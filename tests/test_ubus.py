@@ -86,3 +86,79 @@ def test_the_ubus_cli_is_run_by_absolute_path_never_through_path(tmp_path, monke
     for unusable in ("ubus", str(tmp_path / "missing"), str(tmp_path / "usr")):  # relative, absent, a directory
         monkeypatch.setenv(ubus_mod.CLI_ENV, unusable)
         assert ubus_mod.cli_path() is None and ubus_mod.connect("", threaded=True) is None
+
+
+# --- a malformed reply is a UbusError (an OSError), never ValueError or TypeError
+
+CLI_OUTPUTS = [
+    ("not JSON", b"Segmentation fault\n"),
+    ("not UTF-8", b'{"value": "\xff\xfe"}\n'),
+    ("an array", b'[\n\t"wg0"\n]\n'),
+    ("a number", b"42\n"),
+    ("a string", b'"up"\n'),
+    ("cut short", b'{\n\t"values": {\n'),
+    ("nested past the recursion limit", b"[" * 100000 + b"]" * 100000),
+]
+
+
+@pytest.mark.parametrize("name,out", CLI_OUTPUTS, ids=[c[0] for c in CLI_OUTPUTS])
+def test_a_cli_reply_that_is_no_json_object_is_a_ubus_error(tmp_path, name, out):
+    (tmp_path / "out").write_bytes(out)
+    cli = tmp_path / "ubus"
+    cli.write_text(f"#!/bin/sh\ncat '{tmp_path / 'out'}'\n")
+    cli.chmod(0o755)
+    with pytest.raises(ubus_mod.UbusError) as e:
+        ubus_mod.CliUbus(str(cli), "").call("uci", "get", {"config": "firewall"})
+    assert e.value.status == ubus_mod.PARSE_ERROR and "ubus call uci get" in e.value.strerror
+
+
+def test_the_cli_gives_the_first_of_several_replies(tmp_path):
+    cli = tmp_path / "ubus"
+    # 07-python.txt, `ubus call wgagent multi`: each reply an object of its own
+    cli.write_text("#!/bin/sh\nprintf '{\\n\\t\"part\": 1\\n}\\n{\\n\\t\"part\": 2\\n}\\n'\n")
+    cli.chmod(0o755)
+    assert ubus_mod.CliUbus(str(cli), "").call("wgagent", "multi", {}) == {"part": 1}
+
+
+class OddUbus:
+    """python-ubus with a connection, whose call answers `reply` or raises it."""
+
+    def __init__(self, reply):
+        self.reply = reply
+
+    def get_connected(self):
+        return True
+
+    def get_socket_path(self):
+        return ubus_mod.DEFAULT_SOCKET
+
+    def call(self, obj, method, args, timeout=0):
+        if isinstance(self.reply, Exception):
+            raise self.reply
+        return self.reply
+
+
+ODD = [
+    ("None", None),
+    ("a dict, not a list", {"values": {}}),
+    ("a string", "values"),
+    ("a list of None", [None]),
+    ("a list of lists", [["wg0"]]),
+    ("a list of strings", ["up"]),
+    # ubus_python_call_handler: json.loads of the reply failed inside the call
+    ("json.loads failed", ValueError("Expecting value: line 1 column 1 (char 0)")),
+    ("its handler dropped the list", SystemError("<built-in function call> returned a result with an exception set")),
+    ("arguments it cannot send", TypeError("Failed to create json for ubus.")),
+]
+
+
+@pytest.mark.parametrize("name,reply", ODD, ids=[o[0] for o in ODD])
+def test_odd_python_ubus_answers_are_a_ubus_error(name, reply):
+    with pytest.raises(ubus_mod.UbusError) as e:
+        ubus_mod.PythonUbus(OddUbus(reply), "").call("uci", "get", {"config": "firewall"})
+    assert e.value.status == ubus_mod.PARSE_ERROR and "ubus call uci get" in e.value.strerror
+
+
+def test_python_ubus_gives_the_first_reply_and_an_empty_one_for_none():
+    assert ubus_mod.PythonUbus(OddUbus([{"part": 1}, {"part": 2}]), "").call("wgagent", "multi", {}) == {"part": 1}
+    assert ubus_mod.PythonUbus(OddUbus([]), "").call("uci", "commit", {"config": "firewall"}) == {}

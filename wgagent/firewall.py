@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from . import uci
 from .config import Config
+from .ubus import PARSE_ERROR, UbusError
 
 OWNED_PREFIX = "wgagent_"
 CONFIG = "firewall"
@@ -179,6 +180,12 @@ class FirewallWriter:
         """One `get` of the firewall config: the sections we own, desired as it can be
         written (check_zones against the zones of others), and the warnings."""
         reply = self._call("get")
+        values = reply.get("values")
+        # rpcd answers a config's get with a table of section tables: anything else is
+        # a UbusError like any bad reply (the caller catches OSError), not an AttributeError
+        if not isinstance(values, dict) or not all(isinstance(b, dict) for b in values.values()):
+            raise UbusError(PARSE_ERROR, f"ubus call uci get {{config: {CONFIG}}}: the reply's values "
+                                         "are not a table of sections")
         desired, warnings = check_zones(desired, foreign_zones(reply))
         return owned_from_get(reply), desired, warnings
 
