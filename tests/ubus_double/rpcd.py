@@ -114,6 +114,7 @@ class RpcdUci:
         self.events: list[dict] = []  # config.change notifications sent to procd
         self.calls: list[tuple[str, dict]] = []  # every call, for tests to inspect
         self.fail_after: int | None = None  # fault injection: fail the Nth write call from now
+        self.before_call = None  # a test's hook, run before each call: another tool acting just before
         self.after_call = None  # a test's hook, run after each call: another tool acting mid-pass
         self.lock = self.sessions.lock  # rpcd is one uloop: both objects answer in turn
 
@@ -128,6 +129,8 @@ class RpcdUci:
             if handler is None:
                 raise UbusStatus(METHOD_NOT_FOUND)
             self.calls.append((method, args))
+            if self.before_call is not None:
+                self.before_call(method, args)
             if method in ("add", "set", "delete", "rename") and self.fail_after is not None:
                 if self.fail_after == 0:
                     self.fail_after = None
