@@ -29,8 +29,11 @@ purge is uci.c's) and libubox 1aa36ee (uloop.c), function by function:
 
 Left out: list without a session (rpcd answers once per session: the double's
 server gives one answer per call), set, get, unset and login (METHOD_NOT_FOUND here,
-unlike rpcd), and freeze/thaw across an rpcd SIGHUP (rpc_session_freeze keeps no ACLs: a thawed
-session without a login user comes back with none).
+unlike rpcd), and freeze/thaw across an rpcd SIGHUP (rpc_session_freeze keeps no
+ACLs: a thawed session without a login user comes back with none).
+
+Both transports reach it as they reach the uci object: the CLI stand-in and the
+python-ubus stand-in pass any object's calls through the double's server.
 """
 
 from __future__ import annotations
