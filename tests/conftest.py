@@ -1,7 +1,10 @@
 """Shared fixtures. Integration tests run once per WireGuard backend available:
 "uapi" (wireguard-go, always tried) and "kernel" (when this kernel can create a
 wireguard link: inside the test VM, see tests/vm). WGAGENT_BACKENDS=kernel,uapi
-chooses explicitly (the VM harness sets it)."""
+chooses explicitly (the VM harness sets it).
+
+The ubus double (tests/ubus_double: rpcd's uci object, netifd's interfaces) and a
+wgagent ubus client over each transport, for the firewall and netifd tests."""
 
 import os
 import sys
@@ -11,6 +14,12 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tests import lab as lab_mod  # noqa: E402
+from tests.ubus_double.server import UbusDouble  # noqa: E402
+from wgagent import ubus as ubus_mod  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+UBUS_BIN = os.path.join(HERE, "ubus_double", "bin")  # the ubus CLI stand-in
+UBUS_PYMOD = os.path.join(HERE, "ubus_double", "pymod")  # the python-ubus stand-in
 
 
 def pytest_configure(config):
@@ -56,3 +65,37 @@ def lab(request):
         _cannot_run(why)
     with lab_mod.Lab() as the_lab:
         yield the_lab
+
+
+@pytest.fixture
+def double(tmp_path):
+    """The ubus double on a socket of its own: rpcd's uci object over a config
+    directory holding tests/data/firewall.base and a one-section network file."""
+    confdir = tmp_path / "config"
+    confdir.mkdir()
+    with open(os.path.join(HERE, "data", "firewall.base")) as f:
+        (confdir / "firewall").write_text(f.read())
+    (confdir / "network").write_text("config interface 'lan'\n\toption proto 'static'\n")
+    d = UbusDouble(str(tmp_path / "ubus.sock"), str(confdir), str(tmp_path / "uci-delta"))
+    yield d
+    d.close()
+
+
+@pytest.fixture(params=["python-ubus", "ubus-cli"])
+def client(request, double, monkeypatch):
+    """A wgagent ubus client as picked by ubus.connect(), over each transport."""
+    if request.param == "python-ubus":
+        monkeypatch.syspath_prepend(UBUS_PYMOD)
+        sys.modules.pop("ubus", None)
+        monkeypatch.setattr(ubus_mod, "_python_client", None)
+    else:
+        monkeypatch.setitem(sys.modules, "ubus", None)  # import ubus fails: as on a host without it
+        monkeypatch.setenv(ubus_mod.CLI_ENV, os.path.join(UBUS_BIN, "ubus"))
+    c = ubus_mod.connect(double.path)
+    assert c is not None and c.name == request.param
+    yield c
+    if request.param == "python-ubus":
+        mod = sys.modules.get("ubus")
+        if mod is not None and mod.get_connected():
+            mod.disconnect()
+        sys.modules.pop("ubus", None)

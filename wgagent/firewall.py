@@ -1,7 +1,7 @@
 """Firewall zones, forwardings, rules and NAT as UCI sections in /etc/config/firewall.
 
 desired_sections(config) and plan(desired, owned) are pure; FirewallWriter applies a
-plan through rpcd's `uci` object. Ownership: wgagent writes only named sections whose
+plan through rpcd's `uci` object, in an rpcd session of its own. Ownership: wgagent writes only named sections whose
 name starts with OWNED_PREFIX, and changes or deletes nothing else. It lists the
 config with one `get` (rpcd has no way to ask for names by prefix) and drops every
 other section from the answer unread.
@@ -9,10 +9,12 @@ other section from the answer unread.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from . import uci
 from .config import Config
+from .ubus import PARSE_ERROR, UbusError
 
 OWNED_PREFIX = "wgagent_"
 CONFIG = "firewall"
@@ -147,8 +149,20 @@ def plan(desired: list[Section], owned: dict[str, tuple[str, Values]]) -> Plan:
 
 
 class ForeignPending(Exception):
-    """Somebody else has uncommitted changes to the firewall config: committing now
-    would commit them too."""
+    """Another tool holds the firewall config: rpcd refuses every commit while an
+    apply with rollback awaits confirmation (LuCI's Save & Apply). The pass wrote
+    nothing that stays; the next one writes it."""
+
+
+# rpcd expires an idle session after this many seconds and removes its savedir with it
+# (session.c: rpc_session_timeout -> rpc_session_destroy, whose callback in uci.c,
+# rpc_uci_purge_savedir_cb, deletes /var/run/rpcd/uci-<sid>). Every call that names
+# the session starts the count again (rpc_session_get), so it has only to outlast the
+# longest wait between two of one pass's calls (a call's timeout is 10 s). It bounds
+# how long a killed pass's uncommitted changes lie in /var/run/rpcd, where no other
+# commit reads them. Never 0: a session of timeout 0 never expires.
+SESSION_TIMEOUT = 60
+PERMISSION_DENIED, UNKNOWN_ERROR = 6, 9  # UBUS_STATUS_*
 
 
 @dataclass
@@ -161,92 +175,129 @@ class SyncResult:
     written: list[str] = field(default_factory=list)  # the owned sections now in step
 
 
-def _foreign(changes: list) -> list:
-    return [c for c in changes if not str(c[1]).startswith(OWNED_PREFIX)]
-
-
 class FirewallWriter:
+    """Reads and writes the firewall config through rpcd, in a private rpcd session.
+
+    Why a session: without one, rpcd keeps uncommitted changes in /tmp/.uci, shared
+    with the uci CLI and every other caller, and a commit commits all of them. A
+    session has a savedir of its own (uci.c: rpc_uci_set_savedir, /var/run/rpcd/
+    uci-<sid>), and rpcd empties the cursor's delta path before it puts that one
+    directory on it (rpc_uci_replace_savedir), so libuci (uci_load_delta, and
+    uci_file_commit for a commit) reads the session's delta and nothing else. Hence:
+    - a commit in the session writes our changes only: whatever another tool stages
+      in /tmp/.uci meanwhile, at any moment up to the commit, stays staged and is
+      theirs to commit; their commit carries nothing of ours;
+    - get in the session shows the file as committed (what fw4 renders), not other
+      tools' staged edits, so the plan is made against the file the commit rewrites;
+    - a pass that fails midway leaves its changes in its savedir only, and destroying
+      the session (session.c: rpc_session_destroy, its uci.c callback) removes them:
+      nothing to revert. rpcd's revert takes a whole config, another tool's staged
+      edits included, and is never needed now;
+    - a pass killed midway (no destroy) leaves them there too, read by nobody, until
+      the session expires (SESSION_TIMEOUT) or rpcd restarts (main.c purges every
+      uci-* savedir at start).
+    So there is nothing left to check with `changes`: other tools' pending changes
+    neither block us nor ride along. The one foreign state that still stops a pass is
+    an apply awaiting confirmation (ForeignPending).
+
+    The session is granted read and write on the firewall config only (scope uci):
+    without a grant rpcd answers PERMISSION_DENIED to every uci call naming it."""
+
     def __init__(self, client):
         self.client = client
+        self.session = ""  # the rpcd session of the pass under way
 
     def _call(self, method: str, **args) -> dict:
-        return self.client.call("uci", method, {"config": CONFIG, **args})
+        # only inside _in_session(): "" names no session, and rpcd would refuse the call
+        return self.client.call("uci", method, {"config": CONFIG, **args, "ubus_rpc_session": self.session})
 
-    def _pending(self) -> list:
-        return self._call("changes").get("changes") or []
+    @contextmanager
+    def _in_session(self):
+        """A private rpcd session for the calls inside; destroyed after them, also when
+        one fails. Nested use (read() inside sync()) stays in the open one."""
+        if self.session:
+            yield
+            return
+        reply = self.client.call("session", "create", {"timeout": SESSION_TIMEOUT})
+        sid = reply.get("ubus_rpc_session")
+        if not isinstance(sid, str) or not sid:
+            # rpc_handle_create answers status 0 and no data when rpc_session_create fails
+            raise UbusError(UNKNOWN_ERROR, f"ubus call session create: rpcd made no session ({reply!r:.80})")
+        self.session = sid
+        try:
+            self.client.call("session", "grant", {"ubus_rpc_session": sid, "scope": "uci",
+                                                  "objects": [[CONFIG, "read"], [CONFIG, "write"]]})
+            yield
+        finally:
+            self.session = ""
+            try:
+                self.client.call("session", "destroy", {"ubus_rpc_session": sid})
+            except OSError:
+                # rpcd gone, restarted (its sessions and savedirs purged) or the session
+                # expired: then its savedir is gone already, or goes when it expires. The
+                # pass's own outcome, error or not, is what the caller hears
+                pass
 
     def read(self, desired: list[Section]) -> tuple[dict[str, tuple[str, Values]], list[Section], list[str]]:
-        """One `get` of the firewall config: the sections we own, desired as it can be
-        written (check_zones against the zones of others), and the warnings."""
-        reply = self._call("get")
+        """One `get` of the firewall config, as committed: the sections we own, desired
+        as it can be written (check_zones against the zones of others), and the warnings."""
+        with self._in_session():
+            reply = self._call("get")
+        values = reply.get("values")
+        # rpcd answers a config's get with a table of section tables: anything else is
+        # a UbusError like any bad reply (the caller catches OSError), not an AttributeError
+        if not isinstance(values, dict) or not all(isinstance(b, dict) for b in values.values()):
+            raise UbusError(PARSE_ERROR, f"ubus call uci get {{config: {CONFIG}}}: the reply's values "
+                                         "are not a table of sections")
         desired, warnings = check_zones(desired, foreign_zones(reply))
         return owned_from_get(reply), desired, warnings
 
     def sync(self, desired: list[Section]) -> SyncResult:
         """Make the owned sections equal to desired: one commit, or none when equal.
-        Raises ForeignPending, or UbusError after taking back its own staged changes."""
-        pending = self._pending()
-        if pending:
-            if _foreign(pending):
-                raise ForeignPending(f"{len(pending)} uncommitted change(s) to /etc/config/{CONFIG} "
-                                     "by another tool (uci set without commit, an open LuCI edit)")
-            self._call("revert")  # only our own leftovers (an earlier pass that died midway)
-        owned, desired, warnings = self.read(desired)
-        p = plan(desired, owned)
-        written = [s.name for s in desired]
-        if not p:
-            return SyncResult(False, warnings=warnings, written=written)
-        touched: list[str] = []
-        try:
+        Raises ForeignPending or UbusError; either way nothing of this pass stays staged."""
+        with self._in_session():
+            owned, desired, warnings = self.read(desired)
+            p = plan(desired, owned)
+            written = [s.name for s in desired]
+            if not p:
+                return SyncResult(False, warnings=warnings, written=written)
             for name in p.delete + [s.name for s in p.retype]:
-                touched.append(name)
                 self._call("delete", section=name)
             for s in p.create + p.retype:
                 # a named add is an upsert that APPENDS to lists: create the bare
                 # section, then set the values (set replaces lists)
-                touched.append(s.name)
                 self._call("add", type=s.type, name=s.name)
                 self._call("set", section=s.name, values=s.as_dict())
             for s, to_set, to_delete in p.update:
-                touched.append(s.name)
                 if to_set:
                     self._call("set", section=s.name, values=to_set)
                 if to_delete:
                     self._call("delete", section=s.name, options=to_delete)
-            if _foreign(self._pending()):
-                # somebody staged a change while we worked: theirs is not ours to
-                # commit, and ours must not ride on their commit
-                self._take_back(touched, owned)
-                raise ForeignPending("another tool staged changes while wgagent was writing; wgagent's own "
-                                     "changes were taken back and are written on the next pass")
-            self._call("commit")
-        except ForeignPending:
-            raise
-        except OSError:
-            self._take_back(touched, owned)
-            raise
+            self._commit()
         return SyncResult(True, [s.name for s in p.create], [s.name for s, _, _ in p.update] +
                           [s.name for s in p.retype], p.delete, warnings, written)
 
-    def _take_back(self, touched: list[str], before: dict[str, tuple[str, Values]]) -> None:
-        """Undo our staged changes. rpcd reverts only a whole config, so revert while
-        the delta is ours alone; with somebody else's change in it (staged during the
-        pass), stage the inverse of ours instead, so that their commit leaves our
-        sections as they were (a section we changed moves to the end of the file)."""
+    def _commit(self):
         try:
-            if not _foreign(self._pending()):
-                self._call("revert")
-                return
-            for name in dict.fromkeys(touched):
-                if self._call("get", section=name):
-                    self._call("delete", section=name)
-                if name in before:
-                    stype, values = before[name]
-                    self._call("add", type=stype, name=name)
-                    if values:
-                        self._call("set", section=name, values=values)
+            self._call("commit")
+        except UbusError as e:
+            # rpc_uci_revert_commit answers PERMISSION_DENIED before anything else while
+            # an apply with rollback is pending (apply_sid). So does any uci call once the
+            # session has lost its grant (rpcd re-executed on SIGHUP thaws sessions
+            # without ACLs) or is gone: the session's own access, asked again, tells them apart
+            if e.status != PERMISSION_DENIED or not self._may_write():
+                raise
+            raise ForeignPending("rpcd refuses commits while another tool's apply awaits confirmation "
+                                 "(LuCI's Save & Apply, until confirmed or rolled back); "
+                                 "nothing written, the next pass writes it") from None
+
+    def _may_write(self) -> bool:
+        try:
+            reply = self.client.call("session", "access", {"ubus_rpc_session": self.session, "scope": "uci",
+                                                           "object": CONFIG, "function": "write"})
         except OSError:
-            pass  # rpcd gone: the pre-check of the next pass finds what is left
+            return False  # no such session any more
+        return reply.get("access") is True
 
 
 def render(sections: list[Section]) -> str:

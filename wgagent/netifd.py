@@ -36,6 +36,11 @@ def resolve(network: str, client, timeout: float = 3) -> str:
         raise ResolveError(f"cannot resolve network '{network}': ubus call network.interface.{network} status "
                            f"failed ({e.strerror})",
                            transient=True) from None
+    # the route loop catches ResolveError only: an answer of another shape is one too
+    # (transient: the next read asks again), never an AttributeError that ends the daemon
+    if not isinstance(status, dict):
+        raise ResolveError(f"cannot resolve network '{network}': netifd's answer is a "
+                           f"{type(status).__name__}, not an object", transient=True)
     # netifd gives l3_device (the device packets leave by, pppoe-wan for PPPoE) only
     # while the interface is up; "device" is the configured one and stays when down
     if not status.get("up"):
@@ -43,4 +48,7 @@ def resolve(network: str, client, timeout: float = 3) -> str:
     device = status.get("l3_device") or status.get("device")
     if not device:
         raise ResolveError(f"network '{network}' is up but has no device")
+    if not isinstance(device, str):
+        raise ResolveError(f"cannot resolve network '{network}': netifd names its device {device!r}, "
+                           "not a string", transient=True)
     return device

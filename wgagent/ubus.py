@@ -4,6 +4,9 @@ host), and the caller reports that once and carries on without.
 
 Both give call(object, method, args) -> dict (the reply, {} for none) and raise
 UbusError with the ubus status code, so the writer above never knows which it has.
+A reply that is not a JSON object (a broken CLI, an odd python-ubus) is UbusError
+PARSE_ERROR too, never ValueError or TypeError: callers catch OSError only, and the
+route loop must outlive any answer.
 
 Why a thread that must not stall the process uses the CLI: python-ubus keeps the
 GIL for the whole of ubus_invoke (it never releases it), so a slow or hung rpcd
@@ -15,12 +18,16 @@ not; one-shot commands (`wgagent status`, `wgagent firewall`) take python-ubus.
 python-ubus keeps one module-level connection per process, which dies with ubusd:
 a call that finds it dead disconnects and connects again (once, at once), and a
 different socket path (a reload changed ubus_socket) reconnects to the new one.
+
+The `ubus` command is run by absolute path (cli_path()), never looked up through
+PATH: the daemon runs as root, and a PATH entry (a writable directory, the current
+one) would choose the program it runs with the firewall's arguments.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import subprocess
 import threading
 
@@ -29,8 +36,24 @@ STATUS_CODES = {"Invalid command": 1, "Invalid argument": 2, "Method not found":
                 "Operation not supported": 8, "Unknown error": 9, "Connection failed": 10,
                 "Out of memory": 11, "Parsing message data failed": 12, "System error": 13}
 NOT_FOUND, TIMEOUT, CONNECTION_FAILED = 4, 7, 10
+# UBUS_STATUS_PARSE_ERROR, the closest ubus has: here also for a reply that is no JSON object
+PARSE_ERROR = 12
 STATUS_TEXT = {code: text for text, code in STATUS_CODES.items()}
 DEFAULT_SOCKET = "/var/run/ubus/ubus.sock"
+# OpenWrt's package ubus installs the CLI as /bin/ubus; /usr/bin/ubus for a layout that moves it
+CLI_PATHS = ("/bin/ubus", "/usr/bin/ubus")
+# an absolute path that replaces CLI_PATHS (the tests name their stand-in here); set, it is
+# the only candidate: a value that is not an absolute path to an executable means no CLI
+CLI_ENV = "WGAGENT_UBUS_CLI"
+
+
+def cli_path() -> str | None:
+    """The ubus CLI to run, or None: CLI_ENV when set, else the first of CLI_PATHS."""
+    override = os.environ.get(CLI_ENV)
+    for path in (override,) if override else CLI_PATHS:
+        if os.path.isabs(path) and os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
 
 
 class UbusError(OSError):
@@ -80,6 +103,14 @@ class PythonUbus:
                 raise UbusError(CONNECTION_FAILED, str(e)) from None
         try:
             replies = self.ubus.call(obj, method, args, timeout=int(timeout * 1000))
+        except (TypeError, ValueError, SystemError) as e:
+            # python-ubus (ubus_python.c, ubus_python_call_handler) turns each reply blob
+            # into JSON text and json.loads it inside the call: a reply it cannot convert
+            # ends the call with that conversion's exception (ValueError from the decode,
+            # SystemError when its handler has dropped the list). TypeError: arguments it
+            # could not send (the recorded "Failed to create json for ubus.").
+            raise UbusError(PARSE_ERROR, f"python-ubus: ubus call {obj} {method}: "
+                                         f"{type(e).__name__}: {e}") from None
         except RuntimeError as e:
             # "ubus error occured: Not found": the text is all python-ubus gives
             text = str(e).split(": ", 1)[-1]
@@ -90,7 +121,11 @@ class PythonUbus:
             if status in (CONNECTION_FAILED, TIMEOUT):
                 self._drop()  # the connection may be dead: the next call makes a new one
             raise UbusError(status, text) from None
-        return replies[0] if replies else {}
+        # a list of reply dicts, [] for none (07-python.txt); the first, as the CLI's
+        if not isinstance(replies, list):
+            raise UbusError(PARSE_ERROR, f"python-ubus: ubus call {obj} {method}: reply is a "
+                                         f"{type(replies).__name__}, not a list")
+        return _object(obj, method, replies[0]) if replies else {}
 
 
 class CliUbus:
@@ -104,7 +139,7 @@ class CliUbus:
         cmd = [self.path] + (["-s", self.socket] if self.socket else []) + \
               ["-t", str(max(1, int(timeout))), "call", obj, method, json.dumps(args)]
         try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 5)
+            r = subprocess.run(cmd, capture_output=True, timeout=timeout + 5)  # bytes: decoded below
         except subprocess.TimeoutExpired:
             raise UbusError(TIMEOUT, f"ubus call {obj} {method}: no answer in {timeout:g}s") from None
         if r.returncode != 0:
@@ -113,11 +148,32 @@ class CliUbus:
             # status; the text (the usage that may follow has parentheses of its own) is
             # only the first line, for the log.
             status = 256 - r.returncode if r.returncode > 128 else r.returncode
-            first = (r.stderr.strip().splitlines() or [""])[0]
+            first = (r.stderr.decode(errors="replace").strip().splitlines() or [""])[0]
             if r.returncode == 255 and first.startswith("Failed to connect"):
                 status = CONNECTION_FAILED  # cli.c returns -1: no ubusd at that socket
             raise UbusError(status, STATUS_TEXT.get(status) or first or f"exit {r.returncode}")
-        return json.loads(r.stdout) if r.stdout.strip() else {}
+        return _first_reply(obj, method, r.stdout)
+
+
+def _first_reply(obj: str, method: str, out: bytes) -> dict:
+    """The CLI's output: nothing for no data, else each reply as a JSON object, one
+    after another (a method may reply more than once; 07-python.txt, `multi`). The
+    first, as python-ubus's replies[0]."""
+    try:
+        text = out.decode().strip()
+        if not text:
+            return {}
+        reply, _ = json.JSONDecoder().raw_decode(text)
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested past Python's limit
+        raise UbusError(PARSE_ERROR, f"ubus call {obj} {method}: reply is not JSON ({e})") from None
+    return _object(obj, method, reply)
+
+
+def _object(obj: str, method: str, reply) -> dict:
+    if not isinstance(reply, dict):
+        raise UbusError(PARSE_ERROR, f"ubus call {obj} {method}: reply is a {type(reply).__name__}, "
+                                     "not an object")
+    return reply
 
 
 _python_client: PythonUbus | None = None
@@ -128,7 +184,7 @@ def connect(socket_path: str = "", threaded: bool = False):
     threaded: for a thread beside the route loop, which must never hold the GIL
     while waiting on rpcd (see above): the CLI first."""
     global _python_client
-    cli = shutil.which("ubus")
+    cli = cli_path()
     if threaded and cli is not None:
         return CliUbus(cli, socket_path)
     try:

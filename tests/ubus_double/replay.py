@@ -1,6 +1,6 @@
-"""Replays a recorded transcript (shared/openwrt/rpcd-uci/0N-*.txt) against the
-double: every `ubus call` through the CLI stand-in (in this process, stderr not a
-tty, as recorded), and the file looks the transcripts take (cat, head, tail, grep,
+"""Replays a recorded transcript (tests/data/openwrt/rpcd-uci/0N-*.txt, copied from
+the project's shared/openwrt/rpcd-uci) against the double: every `ubus call`
+through the CLI stand-in (in this process, stderr not a tty, as recorded), and the file looks the transcripts take (cat, head, tail, grep,
 sed of /etc/config and /tmp/.uci, an appended line, `uci set`/`uci changes` on the
 shared delta), each compared with the recorded output and exit status, exactly.
 
@@ -23,7 +23,9 @@ from .server import UbusDouble
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HARNESS = os.path.join(HERE, "harness")
-TRANSCRIPTS = os.environ.get("WGAGENT_TRANSCRIPTS", "/work/shared/openwrt/rpcd-uci")
+# the copies in the repository; WGAGENT_TRANSCRIPTS names another directory (a new recording)
+TRANSCRIPTS = os.environ.get("WGAGENT_TRANSCRIPTS",
+                             os.path.join(os.path.dirname(HERE), "data", "openwrt", "rpcd-uci"))
 USAGE_TRIMMED = "[... ubus CLI usage text trimmed ...]"
 SKIPPED = ("stat ", "ls ", "ubus monitor", "[in ns] uci show", "[in ns] sh -c uci show")
 

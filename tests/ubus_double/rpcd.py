@@ -31,6 +31,32 @@ the real rpcd in shared/openwrt/rpcd-uci/ (01..07). What it reproduces:
   wgagent's: the golden files check wgagent against it), drops # comments, leaves
   the file untouched when nothing is pending, and counts a config.change event
   either way.
+
+Not recorded, modelled from rpcd's uci.c at 4476687 and libuci's delta.c and file.c
+at 66127cd (the session object itself: session.py):
+
+- ubus_rpc_session (rpc_uci_read_access / rpc_uci_write_access): a call that
+  names a session (a string: blobmsg_parse skips any other type, and the call is
+  then one without a session) is checked against the session's ACLs, scope "uci",
+  object the config, function "read" (get, changes) or "write" (add, set, delete,
+  rename, revert, commit), right after the call's required arguments and before
+  anything else; no such session, no grant: PERMISSION_DENIED (6). `changes`
+  without a config lists only the configs the session may read.
+- Its savedir (rpc_uci_set_savedir): /var/run/rpcd/uci-<session> instead of
+  /tmp/.uci. rpc_uci_replace_savedir empties the cursor's delta path before
+  uci_set_savedir puts that one directory on it, so libuci's uci_load_delta reads
+  the session's delta and nothing else: get and changes show it alone, and commit
+  (uci_file_commit: the file as it is now, that delta replayed, that delta file
+  emptied) writes the session's changes only, leaving /tmp/.uci's staged changes
+  staged. A call without a session reads and commits /tmp/.uci alone likewise.
+- A session's end (uci.c's rpc_uci_purge_savedir_cb, on destroy or expiry) removes
+  its savedir, and its uncommitted changes with it; rpcd's start removes every
+  uci-* savedir (rpc_uci_purge_savedirs).
+- revert and commit answer PERMISSION_DENIED while an apply with rollback awaits
+  confirmation (apply_sid set: rpc_uci_revert_commit); the double has no apply:
+  a test sets apply_sid.
+- revert (libuci's uci_filter_delta) empties an existing delta file and creates
+  none.
 """
 
 from __future__ import annotations
@@ -38,24 +64,20 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-import threading
 
 from wgagent import uci
 
-OK, INVALID_COMMAND, INVALID_ARGUMENT, METHOD_NOT_FOUND, NOT_FOUND = 0, 1, 2, 3, 4
-from .wire import STATUS_TEXT  # noqa: E402,F401
+from .session import RpcdSession
+from .status import (INVALID_ARGUMENT, INVALID_COMMAND, METHOD_NOT_FOUND, NOT_FOUND, OK,  # noqa: F401
+                     PERMISSION_DENIED, UbusStatus)
+from .wire import STATUS_TEXT  # noqa: F401
+
 _NAME = re.compile(r"[A-Za-z0-9_]+\Z")
 _TYPE = re.compile(r"[A-Za-z0-9_-]+\Z")
 _CONFIG = re.compile(r"[A-Za-z0-9_-]+\Z")
 # libuci delta-file prefixes and the names `changes` gives them
 _PREFIX = {"": "set", "|": "list-add", "-": "remove", "+": "add", "@": "rename", "~": "list-del", "^": "order"}
 _OP_PREFIX = {v: k for k, v in _PREFIX.items()}
-
-
-class UbusStatus(Exception):
-    def __init__(self, status: int):
-        super().__init__(STATUS_TEXT[status])
-        self.status = status
 
 
 def type_hash(stype: str) -> int:
@@ -79,26 +101,36 @@ class _Section:
 
 
 class RpcdUci:
-    def __init__(self, confdir: str, savedir: str | None = None):
+    def __init__(self, confdir: str, savedir: str | None = None, sessions: RpcdSession | None = None):
         self.confdir = confdir
         self.savedir = savedir or tempfile.mkdtemp(prefix="uci-delta-")  # /tmp/.uci
         os.makedirs(self.savedir, exist_ok=True)
+        self.sessions = sessions or RpcdSession()  # rpcd's session object, in the same process
+        self.sessions.on_destroy.append(self._purge_savedir)  # rpc_uci_api_init's destroy callback
+        for name in os.listdir(self.sessions.rundir):  # main.c: rpc_uci_purge_savedirs at start
+            if name.startswith("uci-"):
+                _purge_dir(os.path.join(self.sessions.rundir, name))
+        self.apply_sid = ""  # an apply awaiting confirmation (rpc_uci_apply with rollback)
         self.events: list[dict] = []  # config.change notifications sent to procd
         self.calls: list[tuple[str, dict]] = []  # every call, for tests to inspect
         self.fail_after: int | None = None  # fault injection: fail the Nth write call from now
+        self.before_call = None  # a test's hook, run before each call: another tool acting just before
         self.after_call = None  # a test's hook, run after each call: another tool acting mid-pass
-        self.lock = threading.Lock()
+        self.lock = self.sessions.lock  # rpcd is one uloop: both objects answer in turn
 
     # --- dispatch
 
     def call(self, method: str, args) -> dict | None:
         with self.lock:
+            self.sessions.expire()  # uloop's timers run between calls
             if not isinstance(args, dict):
                 raise UbusStatus(INVALID_ARGUMENT)
             handler = getattr(self, "m_" + method, None)
             if handler is None:
                 raise UbusStatus(METHOD_NOT_FOUND)
             self.calls.append((method, args))
+            if self.before_call is not None:
+                self.before_call(method, args)
             if method in ("add", "set", "delete", "rename") and self.fail_after is not None:
                 if self.fail_after == 0:
                     self.fail_after = None
@@ -109,6 +141,21 @@ class RpcdUci:
             finally:
                 if self.after_call is not None:
                     self.after_call(method, args)
+
+    # --- sessions: access and savedir
+
+    def _access(self, args, perm: str) -> str:
+        """rpc_uci_read_access / rpc_uci_write_access: the savedir this call works in,
+        after checking the session's grant (none asked without a session)."""
+        sid = args.get("ubus_rpc_session")
+        if not isinstance(sid, str):
+            return self.savedir
+        if not self.sessions.access(sid, "uci", args["config"], perm):
+            raise UbusStatus(PERMISSION_DENIED)
+        return self.sessions.savedir(sid)
+
+    def _purge_savedir(self, sid: str):
+        _purge_dir(self.sessions.savedir(sid))
 
     # --- storage: the file, the delta in the savedir, and the file with the delta applied
 
@@ -124,23 +171,21 @@ class RpcdUci:
             raise UbusStatus(NOT_FOUND)
         return path
 
-    def delta(self, config: str) -> list[list]:
-        """The pending changes of a config, read from its delta file."""
+    def delta(self, config: str, savedir: str | None = None) -> list[list]:
+        """The pending changes of a config, read from its delta file in savedir
+        (default: the stand-in for /tmp/.uci)."""
         try:
-            with open(os.path.join(self.savedir, config)) as f:
+            with open(os.path.join(savedir or self.savedir, config)) as f:
                 return [_parse_delta_line(line) for line in f if line.strip()]
         except FileNotFoundError:
             return []
 
-    @property
-    def pending(self) -> dict[str, list[list]]:
-        return {c: self.delta(c) for c in sorted(os.listdir(self.savedir))}
-
-    def _stage(self, config: str, changes: list[list]):
-        with open(os.path.join(self.savedir, config), "a") as f:
+    def _stage(self, config: str, changes: list[list], savedir: str):
+        os.makedirs(savedir, exist_ok=True)  # uci_save makes a missing savedir
+        with open(os.path.join(savedir, config), "a") as f:
             f.writelines(_delta_line(config, c) + "\n" for c in changes)
 
-    def _view(self, config: str) -> tuple[list[_Section], int]:
+    def _view(self, config: str, savedir: str) -> tuple[list[_Section], int]:
         """Sections of the file with the delta replayed, and libuci's section counter."""
         with open(self._path(config)) as f:
             parsed = uci.parse(f.read(), config)
@@ -150,7 +195,7 @@ class RpcdUci:
             sections.append(_Section(s.type, anon_id(i, s.type) if anonymous else s.name, anonymous,
                                      {k: list(v) if isinstance(v, list) else v for k, v in s.options.items()}))
         counter = len(sections)
-        for change in self.delta(config):
+        for change in self.delta(config, savedir):
             counter += _apply(sections, change)
         return sections, counter
 
@@ -210,7 +255,9 @@ class RpcdUci:
         return {"configs": sorted(os.listdir(self.confdir))}
 
     def m_get(self, args):
-        sections, _ = self._view(args.get("config"))
+        if not isinstance(args.get("config"), str):
+            raise UbusStatus(INVALID_ARGUMENT)
+        sections, _ = self._view(args["config"], self._access(args, "read"))
         if "section" not in args:
             want_type, match = args.get("type"), args.get("match")
             return {"values": {s.name: _values(s, i) for i, s in enumerate(sections)
@@ -227,11 +274,12 @@ class RpcdUci:
         config, stype, name = args.get("config"), args.get("type"), args.get("name")
         if not isinstance(config, str) or not isinstance(stype, str):
             raise UbusStatus(INVALID_ARGUMENT)  # required arguments, before the config is loaded
-        sections, counter = self._view(config)
+        savedir = self._access(args, "write")
         if not _TYPE.match(stype):
             raise UbusStatus(INVALID_ARGUMENT)
         if name is not None and (not isinstance(name, str) or not _NAME.match(name)):
             raise UbusStatus(INVALID_ARGUMENT)
+        sections, counter = self._view(config, savedir)  # rpc_uci_add: names checked, then uci_load
         if name is None:
             name = anon_id(counter + 1, stype)
             head = [["add", name, stype]]
@@ -241,17 +289,18 @@ class RpcdUci:
             existing = self._find(sections, name)
         # add never replaces a list: array values are appended (the upsert trap)
         changes = head + self._changes_for_values(name, args.get("values", {}), existing, replace_lists=False)
-        self._stage(config, changes)
+        self._stage(config, changes, savedir)
         return {"section": name}
 
     def m_set(self, args):
         config, section, values = args.get("config"), args.get("section"), args.get("values")
         if not isinstance(config, str) or values is None or (section is None and "type" not in args):
             raise UbusStatus(INVALID_ARGUMENT)
+        savedir = self._access(args, "write")
         if section is not None and (not isinstance(section, str)
                                     or not (_NAME.match(section) or section.startswith("@"))):
             raise UbusStatus(INVALID_ARGUMENT)
-        sections, _ = self._view(config)
+        sections, _ = self._view(config, savedir)
         if section is None:  # type + match: every matching section
             targets = [s for s in sections if s.type == args["type"] and _matches(s, args.get("match"))]
         else:
@@ -262,19 +311,20 @@ class RpcdUci:
         changes = []
         for sec in targets:
             changes += self._changes_for_values(sec.name, values, sec, replace_lists=True)
-        self._stage(config, changes)
+        self._stage(config, changes, savedir)
         return None
 
     def m_delete(self, args):
         config, section = args.get("config"), args.get("section")
         if not isinstance(config, str) or (section is None and "type" not in args):
             raise UbusStatus(INVALID_ARGUMENT)
-        sections, _ = self._view(config)
+        savedir = self._access(args, "write")
+        sections, _ = self._view(config, savedir)
         if section is None:
             targets = [s for s in sections if s.type == args["type"] and _matches(s, args.get("match"))]
             if not targets:
                 raise UbusStatus(NOT_FOUND)
-            self._stage(config, [["remove", s.name] for s in targets])
+            self._stage(config, [["remove", s.name] for s in targets], savedir)
             return None
         sec = self._find(sections, section)
         if sec is None:
@@ -282,57 +332,92 @@ class RpcdUci:
         if "option" in args:
             if args["option"] not in sec.options:
                 raise UbusStatus(NOT_FOUND)
-            self._stage(config, [["remove", sec.name, args["option"]]])
+            self._stage(config, [["remove", sec.name, args["option"]]], savedir)
         elif "options" in args:
             present = [o for o in args["options"] if o in sec.options]
             if not present:
                 raise UbusStatus(NOT_FOUND)
-            self._stage(config, [["remove", sec.name, o] for o in present])
+            self._stage(config, [["remove", sec.name, o] for o in present], savedir)
         else:
-            self._stage(config, [["remove", sec.name]])
+            self._stage(config, [["remove", sec.name]], savedir)
         return None
 
     def m_rename(self, args):
         config, section, name = args.get("config"), args.get("section"), args.get("name")
         if not isinstance(config, str) or not isinstance(section, str) or not isinstance(name, str):
             raise UbusStatus(INVALID_ARGUMENT)
-        sections, _ = self._view(config)
+        savedir = self._access(args, "write")
+        if not _NAME.match(name):
+            raise UbusStatus(INVALID_ARGUMENT)  # rpc_uci_rename: the new name, then uci_load
+        sections, _ = self._view(config, savedir)
         sec = self._find(sections, section)
         if sec is None:
             raise UbusStatus(NOT_FOUND)
-        if not _NAME.match(name):
-            raise UbusStatus(INVALID_ARGUMENT)
         if "option" in args:
             if args["option"] not in sec.options:
                 raise UbusStatus(NOT_FOUND)
-            self._stage(config, [["rename", sec.name, args["option"], name]])
+            self._stage(config, [["rename", sec.name, args["option"], name]], savedir)
         else:
-            self._stage(config, [["rename", sec.name, name]])
+            self._stage(config, [["rename", sec.name, name]], savedir)
         return None
 
     def m_changes(self, args):
-        if "config" not in args:
-            return {"changes": {c: d for c, d in self.pending.items() if d}}
-        self._path(args["config"])
-        return {"changes": self.delta(args["config"])}
+        if isinstance(args.get("config"), str):
+            savedir = self._access(args, "read")
+            self._path(args["config"])
+            return {"changes": self.delta(args["config"], savedir)}
+        # every config (uci_list_configs), those a session may not read skipped
+        sid = args.get("ubus_rpc_session")
+        savedir = self.sessions.savedir(sid) if isinstance(sid, str) else self.savedir
+        out = {}
+        for config in self.m_configs({})["configs"]:
+            if isinstance(sid, str) and not self.sessions.access(sid, "uci", config, "read"):
+                continue
+            delta = self.delta(config, savedir)
+            if delta:
+                out[config] = delta
+        return {"changes": out}
+
+    def _revert_commit(self, args) -> tuple[str, str, str]:
+        """rpc_uci_revert_commit's checks: (config, its file, the savedir)."""
+        if self.apply_sid:
+            raise UbusStatus(PERMISSION_DENIED)  # an apply awaits confirmation or rollback
+        if not isinstance(args.get("config"), str):
+            raise UbusStatus(INVALID_ARGUMENT)
+        savedir = self._access(args, "write")
+        return args["config"], self._path(args["config"]), savedir
 
     def m_revert(self, args):
-        self._path(args.get("config"))
-        open(os.path.join(self.savedir, args["config"]), "w").close()
+        config, _, savedir = self._revert_commit(args)
+        path = os.path.join(savedir, config)
+        if os.path.exists(path):  # uci_filter_delta opens it without O_CREAT
+            open(path, "w").close()
         return None
 
     def m_commit(self, args):
-        config = args.get("config")
-        path = self._path(config)
-        if self.delta(config):
-            sections, _ = self._view(config)
+        config, path, savedir = self._revert_commit(args)
+        if self.delta(config, savedir):
+            sections, _ = self._view(config, savedir)
             tmp = path + ".tmp"
             with open(tmp, "w") as f:
                 f.write(export(sections))
             os.replace(tmp, path)  # a new inode, as rpcd's temp file + rename
-            open(os.path.join(self.savedir, config), "w").close()  # recorded: an empty delta file stays
+            open(os.path.join(savedir, config), "w").close()  # recorded: an empty delta file stays
         self.events.append({"type": "config.change", "data": {"package": config}})
         return None
+
+
+def _purge_dir(path: str):
+    """uci.c's rpc_uci_purge_dir: the directory's regular files, then the directory."""
+    if not os.path.isdir(path):
+        return
+    for name in os.listdir(path):
+        if os.path.isfile(os.path.join(path, name)):
+            os.unlink(os.path.join(path, name))
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass  # rpcd does not check rmdir: a subdirectory keeps it
 
 
 def export(sections) -> str:

@@ -1,6 +1,6 @@
 """The double's stand-in for ubusd: a unix socket at the path a client is given
-(`ubus -s PATH`, `ubus.connect(socket_path=PATH)`), serving rpcd's `uci` object and
-netifd's `network.interface.<name>` objects.
+(`ubus -s PATH`, `ubus.connect(socket_path=PATH)`), serving rpcd's `uci` and
+`session` objects and netifd's `network.interface.<name>` objects.
 
 Wire format between the double's parts only (the real ubus speaks blobmsg): one
 JSON request per line, {"object", "method", "args"}, one JSON answer per line,
@@ -21,6 +21,7 @@ import socket
 import threading
 
 from .rpcd import INVALID_ARGUMENT, METHOD_NOT_FOUND, NOT_FOUND, RpcdUci, UbusStatus
+from .session import RpcdSession
 from .wire import request  # noqa: F401  (the stand-ins' one call)
 
 
@@ -52,10 +53,11 @@ class NetifdInterface:
 
 
 class UbusDouble:
-    def __init__(self, socket_path: str, confdir: str, savedir: str | None = None):
+    def __init__(self, socket_path: str, confdir: str, savedir: str | None = None, rundir: str | None = None):
         self.path = socket_path
-        self.uci = RpcdUci(confdir, savedir)
-        self.objects = {"uci": self.uci}
+        self.sessions = RpcdSession(rundir)  # rundir: /var/run/rpcd (the sessions' savedirs)
+        self.uci = RpcdUci(confdir, savedir, self.sessions)
+        self.objects = {"uci": self.uci, "session": self.sessions}
         self.delay = 0.0  # seconds before each answer: a slow rpcd
         self.conns: set = set()
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
