@@ -367,7 +367,6 @@ def transport(request, monkeypatch):
         monkeypatch.setattr(ubus_mod, "_python_client", None)
     else:
         monkeypatch.setitem(sys.modules, "ubus", None)
-        monkeypatch.setenv("PATH", BIN + os.pathsep + os.environ["PATH"])
         monkeypatch.setenv("WGAGENT_UBUS_CLI", os.path.join(BIN, "ubus"))
     yield request.param
     if request.param == "python-ubus":

@@ -192,8 +192,7 @@ def test_once_writes_the_firewall_too_and_exits_with_the_pass_status(site, tmp_p
         conf = site.config(agent=f"option ubus_socket '{sock}'\n") + \
             "\nconfig zone 'phones'\n\toption network 'wg0'\n\tlist forward_to 'lan'\n"
         agent = Agent(site.lab, site.r, conf)
-        env = dict(os.environ, PATH=BIN + os.pathsep + os.environ["PATH"], WGAGENT_UBUS_CLI=os.path.join(BIN, "ubus"),
-                   PYTHONPATH=os.path.dirname(HERE))
+        env = dict(os.environ, WGAGENT_UBUS_CLI=os.path.join(BIN, "ubus"), PYTHONPATH=os.path.dirname(HERE))
         once = [sys.executable, "-m", "wgagent", "run", "--once", "--log", "stderr", "--config", agent.config]
         r = subprocess.run(site.r.argv(*once), capture_output=True, text=True, timeout=60, env=env)
         assert r.returncode == 0, r.stderr

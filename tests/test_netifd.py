@@ -54,3 +54,42 @@ def test_a_malformed_answer_over_either_transport_is_a_resolve_error(double, cli
     with pytest.raises(netifd.ResolveError) as e:
         netifd.resolve("wan", client)
     assert e.value.transient and "not an object" in str(e.value)
+
+
+def test_resolution_does_not_wait_behind_a_slow_firewall_call():
+    """python-ubus has one connection per process, shared with the firewall thread:
+    the route loop's short call gives up rather than wait for a long one."""
+    import threading
+    import time
+
+    from wgagent import netifd
+    from wgagent.ubus import PythonUbus
+
+    release = threading.Event()
+
+    class Module:  # python-ubus, with rpcd stuck in the firewall's call
+        def get_connected(self):
+            return True
+
+        def get_socket_path(self):
+            return "/var/run/ubus/ubus.sock"
+
+        def call(self, obj, method, args, timeout):
+            if obj == "uci":
+                release.wait(10)
+                return []
+            return [{"up": True, "l3_device": "eth0"}]
+
+    client = PythonUbus(Module(), "")
+    slow = threading.Thread(target=client.call, args=("uci", "commit", {}))
+    slow.start()
+    try:
+        time.sleep(0.05)
+        t0 = time.monotonic()
+        with pytest.raises(netifd.ResolveError) as e:
+            netifd.resolve("wan", client, timeout=0.2)
+        assert e.value.transient and time.monotonic() - t0 < 1
+    finally:
+        release.set()
+        slow.join()
+    assert netifd.resolve("wan", client, timeout=0.2) == "eth0"

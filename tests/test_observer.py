@@ -1,6 +1,5 @@
 """The observer: return paths resolved through netifd (ubus), kept through its hiccups. No root."""
 
-import pytest
 
 from tests.test_policy import ETH, NET, NO_DEVICE, NOW, TIMEOUT, wanted
 from tests.test_policy import ADDRS, GWS  # noqa: F401  (FakeRtnl's answers)
@@ -119,42 +118,3 @@ def test_a_ubus_hiccup_is_said_once_per_change():
         reporter.path_problems(desired_rules(c, desired_state(c, [], NOW, {}, t), d.view.paths))
     assert warned == [("return_path_problem", {"detail": f"{TIMEOUT}; return_path 'wan' keeps device eth0, "
                                                          "the last one netifd named"})]
-
-
-def test_resolution_does_not_wait_behind_a_slow_firewall_call():
-    """python-ubus has one connection per process, shared with the firewall thread:
-    the route loop's short call gives up rather than wait for a long one."""
-    import threading
-    import time
-
-    from wgagent import netifd
-    from wgagent.ubus import PythonUbus
-
-    release = threading.Event()
-
-    class Module:  # python-ubus, with rpcd stuck in the firewall's call
-        def get_connected(self):
-            return True
-
-        def get_socket_path(self):
-            return "/var/run/ubus/ubus.sock"
-
-        def call(self, obj, method, args, timeout):
-            if obj == "uci":
-                release.wait(10)
-                return []
-            return [{"up": True, "l3_device": "eth0"}]
-
-    client = PythonUbus(Module(), "")
-    slow = threading.Thread(target=client.call, args=("uci", "commit", {}))
-    slow.start()
-    try:
-        time.sleep(0.05)
-        t0 = time.monotonic()
-        with pytest.raises(netifd.ResolveError) as e:
-            netifd.resolve("wan", client, timeout=0.2)
-        assert e.value.transient and time.monotonic() - t0 < 1
-    finally:
-        release.set()
-        slow.join()
-    assert netifd.resolve("wan", client, timeout=0.2) == "eth0"
