@@ -140,6 +140,7 @@ def world(tmp_path, monkeypatch):
     monkeypatch.setattr(reporter_mod, "RUN_DIR", str(tmp_path / "run"))
 
     class World:
+        daemons: list = []
         kernel = Kernel()
         sources = Sources()
         clocks = Clocks()
@@ -152,12 +153,17 @@ def world(tmp_path, monkeypatch):
             d = daemon_mod.Daemon(config.load(self.path), self.kernel, self.sources,
                                   clock=lambda: self.clocks.wall, mono=lambda: self.clocks.mono)
             d.log = d.reporter.log = self.log
+            self.daemons.append(d)
             return d
 
         def routes(self):
             return {r.prefix for r in self.kernel.owned}
 
-    return World()
+    world = World()
+    yield world
+    for d in world.daemons:  # a reload may have started the firewall thread
+        if d.firewall is not None and d.firewall.thread.is_alive():
+            d.firewall.stop()
 
 
 def peer(key, ip, handshake, rx=0, endpoint="192.0.2.9:51820"):
