@@ -29,7 +29,7 @@ def cmd_run(args) -> int:
     log = log_mod.get()
     for w in cfg.warnings:
         log.warning("config_warning", detail=w)
-    from .daemon import Daemon, Runner
+    from .daemon import Daemon, Pass, Runner
     from .rtnl import Rtnl, RtnlEvents
     from .wgsource import PeerSources
 
@@ -40,7 +40,7 @@ def cmd_run(args) -> int:
     try:
         if args.once:
             # one whole pass of what `run` does: routes, rules and the firewall
-            routed = daemon.reconcile()
+            routed = daemon.reconcile() == Pass.WHOLE
             written = daemon.firewall_once()
             return EXIT_OK if routed and written else EXIT_PROBLEMS
         daemon.want_firewall(start=False)
