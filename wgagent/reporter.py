@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import tempfile
 
 from . import log as log_mod
 from .policy import IDLE, Desired, PeerVerdict, handshake_age
@@ -308,8 +307,9 @@ def read_idle_state() -> set[tuple[str, str]]:
 class IdleFile:
     """The idle file, written only when its content changes. Written as root into a
     directory anybody may look at (/var/run), so: a 0700 directory of ours, a unique
-    temporary name opened O_EXCL|O_NOFOLLOW (mkstemp), then rename(2), which replaces
-    a symlink at the destination instead of following it."""
+    temporary name opened O_EXCL|O_NOFOLLOW, then rename(2), which replaces a symlink
+    at the destination instead of following it. (Not tempfile.mkstemp: its import
+    pulls in random and shutil, memory the daemon has no other use for.)"""
 
     def __init__(self):
         self.written: set | None = None  # what the file holds; None: nothing written yet
@@ -320,7 +320,8 @@ class IdleFile:
         path = idle_state_path()
         try:
             directory = _private_dir(os.path.dirname(path))
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".idle-", suffix=".tmp")
+            tmp = os.path.join(directory, f".idle-{os.getpid()}-{os.urandom(6).hex()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
                 with os.fdopen(fd, "w") as f:
                     json.dump({"pid": os.getpid(), "idle": sorted(idle)}, f)
