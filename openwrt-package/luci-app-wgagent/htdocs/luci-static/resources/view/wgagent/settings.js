@@ -47,6 +47,18 @@ function sectionNames(type) {
 	return uci.sections(CONFIG, type).map(function(s) { return s['.name']; });
 }
 
+/* UCI section names are one namespace for every type (wgagent refuses a file
+ * where a section's name is reused: "overwrites a prior section"), and rpcd's add
+ * with a name that exists silently retypes that section: so a new section must
+ * not take the name of one of another type (checked on a field each type always
+ * shows, since the add button itself checks only 'uciname') */
+function uniqueName(section_id, type) {
+	var other = uci.sections(CONFIG).filter(function(s) {
+		return s['.name'] == section_id && s['.type'] != type;
+	})[0];
+	return other ? _('the name "%s" is already the %s section\'s').format(section_id, other['.type']) : true;
+}
+
 /* a zone reference: wgagent's zones and lan/wan are known; any other name must be
  * a zone of /etc/config/firewall, which wgagent checks when it writes */
 function zoneChoices(o, except) {
@@ -178,7 +190,8 @@ return view.extend({
 		o.placeholder = 'main';
 		/* the name is the section's: uciname already, and at most IFNAMSIZ-1 long */
 		o.validate = function(section_id, value) {
-			return first(wgv.ifname(section_id), (value === '') ? true : wgv.table(value, tables));
+			return first(uniqueName(section_id, 'interface'), wgv.ifname(section_id),
+				(value === '') ? true : wgv.table(value, tables));
 		};
 
 		o = s.option(form.Value, 'metric', _('Metric'));
@@ -212,7 +225,7 @@ return view.extend({
 		o.validate = function(section_id, value) {
 			if (value !== '' && sectionNames('interface').indexOf(value) == -1)
 				return _('no "interface" section of that name');
-			return true;
+			return uniqueName(section_id, 'peer');
 		};
 
 		o = s.option(form.Value, 'public_key', _('Public key'));
@@ -264,6 +277,9 @@ return view.extend({
 
 		o = tableOption(s, 'table', _('Table'), null, tables);
 		o.rmempty = false;
+		o.validate = function(section_id, value) {
+			return first(uniqueName(section_id, 'return_path'), (value === '') ? true : wgv.table(value, tables));
+		};
 
 		o = s.option(form.DynamicList, 'gateway', _('Gateways'),
 			_('At most one per address family; default: learned from the device.'));
@@ -289,6 +305,9 @@ return view.extend({
 
 		o = s.option(form.DynamicList, 'network', _('Networks'), _('Default: the zone\'s name.'));
 		o.datatype = 'uciname';
+		o.validate = function(section_id, value) {
+			return uniqueName(section_id, 'zone');
+		};
 
 		[ [ 'input', 'ACCEPT' ], [ 'output', 'ACCEPT' ], [ 'forward', 'REJECT' ] ].forEach(function(p) {
 			o = s.option(form.ListValue, p[0], p[0].charAt(0).toUpperCase() + p[0].substr(1));
@@ -339,8 +358,9 @@ return view.extend({
 		o.rmempty = false;
 		o.validate = function(section_id, value) {
 			if (value === '')
-				return true;
-			return first(wgv.prefixOrAddress(value), L.bind(familyCheck, null, this.section, section_id, value));
+				return uniqueName(section_id, 'nat');
+			return first(uniqueName(section_id, 'nat'), wgv.prefixOrAddress(value),
+				L.bind(familyCheck, null, this.section, section_id, value));
 		};
 
 		o = s.option(form.Value, 'device', _('Device'), _('Outgoing device, or ...'));
