@@ -353,8 +353,10 @@ return view.extend({
 		s.anonymous = false;
 		s.nodescriptions = true;
 
+		/* no datatype: after 'cidr' matched, validation.js hands validate() the
+		 * prefix length, not the value (its apply() overwrites the value it checks),
+		 * so wgv.prefixOrAddress checks it all (ip_network(strict) or ip_address) */
 		o = s.option(form.Value, 'src_ip', _('Source'), _('A prefix or an address.'));
-		o.datatype = 'or(cidr,ipaddr("nomask"))';
 		o.rmempty = false;
 		o.validate = function(section_id, value) {
 			if (value === '')
