@@ -29,22 +29,17 @@ async function settingsPage(opts = {}) {
 	return { rt, view, map, section, calls: rt.ubus.objects.uci.calls };
 }
 
-/* Add in a grid: the modal; then set its fields and save it */
-async function addInModal(page, type, name, values) {
+/* a grid's Add or Edit: its modal open, these fields set (the test saves it) */
+async function inModal(page, action, type, sid, values) {
 	const grid = page.section(type);
-	await page.rt.user.add(grid, name);
-	for (const [ k, v ] of Object.entries(values))
-		page.rt.user.set(grid.modal.map, name, k, v);
-	return grid;
-}
-
-async function editInModal(page, type, sid, values) {
-	const grid = page.section(type);
-	await page.rt.user.edit(grid, sid);
+	await page.rt.user[action](grid, sid);
 	for (const [ k, v ] of Object.entries(values))
 		page.rt.user.set(grid.modal.map, sid, k, v);
 	return grid;
 }
+
+const addInModal = (page, ...args) => inModal(page, 'add', ...args);
+const editInModal = (page, ...args) => inModal(page, 'edit', ...args);
 
 test('the page maps every section of the config into its own section of the form', async () => {
 	const { section } = await settingsPage();

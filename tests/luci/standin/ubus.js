@@ -121,6 +121,15 @@ function uciObject(configs) {
 		if (!configs[conf])
 			throw new UbusStatus(UBUS.NOT_FOUND);
 	};
+	/* a change call on a section that must exist: NOT_FOUND (4) when it does not */
+	const existing = (method, args, ctx) => {
+		needs(ctx, args.config, 'write');
+		calls.push([ method, args ]);
+		const sec = find(args.config, args.section);
+		if (!sec)
+			throw new UbusStatus(UBUS.NOT_FOUND);
+		return sec;
+	};
 	const setValues = (sec, values, append) => {
 		for (const k of Object.keys(values || {})) {
 			const v = values[k];
@@ -164,19 +173,10 @@ function uciObject(configs) {
 			return { section: sec['.name'] };
 		},
 		set(args, ctx) {
-			needs(ctx, args.config, 'write');
-			calls.push([ 'set', args ]);
-			const sec = find(args.config, args.section);
-			if (!sec)
-				throw new UbusStatus(UBUS.NOT_FOUND);
-			setValues(sec, args.values, false);
+			setValues(existing('set', args, ctx), args.values, false);
 		},
 		delete(args, ctx) {
-			needs(ctx, args.config, 'write');
-			calls.push([ 'delete', args ]);
-			const sec = find(args.config, args.section);
-			if (!sec)
-				throw new UbusStatus(UBUS.NOT_FOUND);
+			const sec = existing('delete', args, ctx);
 			const opts = args.options || (args.option ? [ args.option ] : null);
 			if (!opts)
 				configs[args.config].splice(configs[args.config].indexOf(sec), 1);

@@ -86,6 +86,31 @@ function first() {
 	return true;
 }
 
+/* a grid of named sections (the name is wgagent's label), added and removed there */
+function gridSection(m, type, title, description) {
+	var s = m.section(form.GridSection, type, title, description);
+	s.addremove = true;
+	s.anonymous = false;
+	s.nodescriptions = true;
+	return s;
+}
+
+/* a kernel device, or else the `partner` option (a netifd name or a zone), never both */
+function deviceOrOption(s, partner, partnerTitle, partnerDescription, deviceDescription) {
+	var o = s.option(form.Value, partner, partnerTitle, partnerDescription);
+	o.datatype = 'uciname';
+	o.validate = function(section_id, value) {
+		return exactlyOne(this.section, section_id, 'device', partner);
+	};
+	var d = s.option(form.Value, 'device', _('Device'), deviceDescription);
+	d.datatype = 'netdevname';
+	d.validate = function(section_id, value) {
+		return first((value === '') ? true : wgv.ifname(value),
+			L.bind(exactlyOne, null, this.section, section_id, 'device', partner));
+	};
+	return [ o, d ];
+}
+
 function tableOption(s, name, title, description, tables) {
 	var o = s.option(form.Value, name, title, description);
 	Object.keys(tables).sort(function(a, b) { return tables[a] - tables[b]; }).forEach(function(t) {
@@ -179,12 +204,9 @@ return view.extend({
 		o.placeholder = _('ubus\'s own');
 
 		/* --- config interface: named after the kernel's WireGuard interface */
-		s = m.section(form.GridSection, 'interface', _('Interfaces'),
+		s = gridSection(m, 'interface', _('Interfaces'),
 			_('One per WireGuard interface whose peers wgagent routes while they are connected. ' +
 			  'The name is the kernel interface; set route_allowed_ips \'0\' on its peers in Network > Interfaces.'));
-		s.addremove = true;
-		s.anonymous = false;
-		s.nodescriptions = true;
 
 		o = tableOption(s, 'table', _('Table'), _('Routing table for the peers\' routes.'), tables);
 		o.placeholder = 'main';
@@ -213,11 +235,8 @@ return view.extend({
 		o.modalonly = true;
 
 		/* --- config peer: optional per-peer settings */
-		s = m.section(form.GridSection, 'peer', _('Peers'),
+		s = gridSection(m, 'peer', _('Peers'),
 			_('Optional per-peer settings, by public key as `wg show` prints it.'));
-		s.addremove = true;
-		s.anonymous = false;
-		s.nodescriptions = true;
 
 		o = s.option(form.Value, 'interface', _('Interface'));
 		sectionNames('interface').forEach(function(n) { o.value(n); });
@@ -256,24 +275,11 @@ return view.extend({
 		o.modalonly = true;
 
 		/* --- config return_path (P2) */
-		s = m.section(form.GridSection, 'return_path', _('Return paths'),
+		s = gridSection(m, 'return_path', _('Return paths'),
 			_('Replies from a WAN address leave by the WAN, whatever the default route.'));
-		s.addremove = true;
-		s.anonymous = false;
-		s.nodescriptions = true;
 
-		o = s.option(form.Value, 'network', _('Network'), _('A netifd interface (resolved through ubus), or ...'));
-		o.datatype = 'uciname';
-		o.validate = function(section_id, value) {
-			return exactlyOne(this.section, section_id, 'device', 'network');
-		};
-
-		o = s.option(form.Value, 'device', _('Device'), _('... a kernel device.'));
-		o.datatype = 'netdevname';
-		o.validate = function(section_id, value) {
-			return first((value === '') ? true : wgv.ifname(value),
-				L.bind(exactlyOne, null, this.section, section_id, 'device', 'network'));
-		};
+		deviceOrOption(s, 'network', _('Network'), _('A netifd interface (resolved through ubus), or ...'),
+			_('... a kernel device.'));
 
 		o = tableOption(s, 'table', _('Table'), null, tables);
 		o.rmempty = false;
@@ -297,11 +303,8 @@ return view.extend({
 		};
 
 		/* --- config zone (P4): written to /etc/config/firewall as wgagent_zone_<name> */
-		s = m.section(form.GridSection, 'zone', _('Zones'),
+		s = gridSection(m, 'zone', _('Zones'),
 			_('Firewall zones for WireGuard networks, their forwardings and port rule.'));
-		s.addremove = true;
-		s.anonymous = false;
-		s.nodescriptions = true;
 
 		o = s.option(form.DynamicList, 'network', _('Networks'), _('Default: the zone\'s name.'));
 		o.datatype = 'uciname';
@@ -348,10 +351,7 @@ return view.extend({
 		o.modalonly = true;
 
 		/* --- config nat */
-		s = m.section(form.GridSection, 'nat', _('NAT'), _('SNAT or masquerading of a source leaving by a device or zone.'));
-		s.addremove = true;
-		s.anonymous = false;
-		s.nodescriptions = true;
+		s = gridSection(m, 'nat', _('NAT'), _('SNAT or masquerading of a source leaving by a device or zone.'));
 
 		/* no datatype: after 'cidr' matched, validation.js hands validate() the
 		 * prefix length, not the value (its apply() overwrites the value it checks),
@@ -365,19 +365,7 @@ return view.extend({
 				L.bind(familyCheck, null, this.section, section_id, value));
 		};
 
-		o = s.option(form.Value, 'device', _('Device'), _('Outgoing device, or ...'));
-		o.datatype = 'netdevname';
-		o.validate = function(section_id, value) {
-			return first((value === '') ? true : wgv.ifname(value),
-				L.bind(exactlyOne, null, this.section, section_id, 'device', 'dest'));
-		};
-
-		o = s.option(form.Value, 'dest', _('Zone'), _('... outgoing zone.'));
-		o.datatype = 'uciname';
-		zoneChoices(o);
-		o.validate = function(section_id, value) {
-			return exactlyOne(this.section, section_id, 'device', 'dest');
-		};
+		zoneChoices(deviceOrOption(s, 'dest', _('Zone'), _('An outgoing zone, or ...'), _('... an outgoing device.'))[0]);
 
 		o = s.option(form.ListValue, 'target', _('Target'));
 		[ 'MASQUERADE', 'SNAT', 'ACCEPT' ].forEach(function(v) { o.value(v); });
