@@ -177,8 +177,8 @@ TABLES = ["main", "local", "default", "wan", "via_s2s", "vpn", "hex", "minus", "
 IFNAMES = ["wg0", "wg_s2s", "eth0.2", "pppoe-wan", "a@b", "x" * 15, "x" * 16, ".", "..", "...", "wg 0", "wg/0", "wg:0",
            "wg+", "wg#1", "wg%1", "wg\u00e4", "-", "@", "wg0\n"]
 UCINAMES = ["lan", "wg_s2s", "A1", "_", "wg-0", "wg.0", "wg 0", "\u00e4", "wan\n"]
-KEYS = [KEY, KEY[:42] + "h=", KEY[:42] + "A=", KEY[:42] + "=", KEY + "=", KEY[1:], KEY[:42] + "==", " " + KEY, KEY + " ",
-        KEY.replace("x", "-"), KEY.replace("=", "A"), "A" * 43 + "=", "/" * 42 + "w=", "+" * 42 + "8="]
+KEYS = [KEY, KEY[:42] + "h=", KEY[:42] + "A=", KEY[:42] + "=", KEY + "=", KEY[1:], KEY[:42] + "==", " " + KEY,
+        KEY + " ", KEY.replace("x", "-"), KEY.replace("=", "A"), "A" * 43 + "=", "/" * 42 + "w=", "+" * 42 + "8="]
 ADDRESSES = ["1.2.3.4", "0.0.0.0", "255.255.255.255", "01.2.3.4", "1.2.3.04", "1.2.3", "1.2.3.4.5", "256.1.1.1",
              " 1.2.3.4", "::", "::1", "1::", "fe80::1", "2001:db8::1", "1:2:3:4:5:6:7:8", "1:2:3:4:5:6:7::",
              "::ffff:1.2.3.4", "::ffff:01.2.3.4", "1::2::3", ":1::", "::1:", "1:2:3:4:5:6:7", "12345::", "fe80::1%wan",
@@ -186,8 +186,8 @@ ADDRESSES = ["1.2.3.4", "0.0.0.0", "255.255.255.255", "01.2.3.4", "1.2.3.04", "1
 PREFIXES = ["10.0.31.0/24", "10.0.31.5/32", "10.0.31.5/24", "0.0.0.0/0", "10.0.31.0/33", "10.0.31.0/024",
             "10.0.31.0/255.255.255.0", "01.0.0.0/8", "2001:db8::/32", "2001:db8::1/64", "::/0", "::/129",
             "10.0.31.0/", "/24", "10.0.31.0/24/1"] + ADDRESSES
-CHOICE_VALUES = ["debug", "info", "warning", "error", "INFO", "ACCEPT", "REJECT", "DROP", "accept", "MASQUERADE", "SNAT",
-                 "ipv4", "ipv6", "any", "IPv4"]
+CHOICE_VALUES = ["debug", "info", "warning", "error", "INFO", "ACCEPT", "REJECT", "DROP", "accept", "MASQUERADE",
+                 "SNAT", "ipv4", "ipv6", "any", "IPv4"]
 
 # section type, section, option -> values (context: the other fields, so that the
 # checks spanning options pass and only the value's own validity is judged)
