@@ -15,7 +15,9 @@ python3-package.mk and package-pack.mk):
   /usr/bin/python3;
 - the control file has package-pack.mk's fields in its order, and the postinst/prerm
   that it generates (default_postinst enables and starts the service,
-  default_prerm stops and disables it); ipkg-build packs a gzipped tar of
+  default_prerm stops and disables it); a `Package/<pkg>/postinst` of the Makefile
+  becomes CONTROL/postinst-pkg (BuildPackVariable), which default_postinst sources;
+  ipkg-build packs a gzipped tar of
   ./debian-binary, ./data.tar.gz and ./control.tar.gz, sorted by name, numeric
   owner root, Installed-Size the length of the uncompressed data tar.
 
@@ -107,6 +109,12 @@ class FeedMakefile:
                 raise SystemExit(f"{self.path}: DEPENDS entry {dep!r}: only plain +package is supported here")
             out.append(dep[1:])
         return out
+
+    def script(self, name: str) -> str | None:
+        """A `define Package/<pkg>/<name>` script as the package holds it: make's $$
+        is one $ (BuildPackVariable echoes the expanded variable)."""
+        text = self.defines.get(f"Package/{self.name}/{name}")
+        return None if text is None else text.replace("$$", "$")
 
     def conffiles(self) -> list[str]:
         return self.defines.get(f"Package/{self.name}/conffiles", "").split()
@@ -307,8 +315,10 @@ def pack(mk: FeedMakefile, ipkg: str, outdir: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         ctrl = os.path.join(tmp, "CONTROL")
         os.mkdir(ctrl)
-        for name, text, mode in [("control", mk.control(size), 0o644), ("postinst", POSTINST, 0o755),
-                                 ("prerm", PRERM, 0o755)]:
+        scripts = [("control", mk.control(size), 0o644), ("postinst", POSTINST, 0o755), ("prerm", PRERM, 0o755)]
+        if mk.script("postinst") is not None:
+            scripts.append(("postinst-pkg", mk.script("postinst"), 0o755))
+        for name, text, mode in scripts:
             with open(os.path.join(ctrl, name), "w") as f:
                 f.write(text)
             os.chmod(os.path.join(ctrl, name), mode)
