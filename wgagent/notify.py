@@ -43,6 +43,7 @@ HOTPLUG_DIR = os.environ.get("WGAGENT_HOTPLUG_DIR", "/etc/hotplug.d/wgagent")
 # /lib/functions.sh (plain Linux) the script is sourced alone (a missing file given to
 # `.` would end the shell)
 SOURCE = '[ ! -f /lib/functions.sh ] || . /lib/functions.sh; . "$0"'
+SHELL = "/bin/sh"  # OpenWrt's is busybox ash
 STATES = {"peer_up": "up", "peer_down": "down", "peer_moved": "moved",
           "peers_up": "up", "peers_down": "down", "peers_moved": "moved"}
 ACTIONS = {"route_added": "added", "route_removed": "removed", "routes_added": "added", "routes_removed": "removed"}
@@ -60,6 +61,7 @@ class Worker:
         self.thread: threading.Thread | None = None
         self.dropped = 0
         self.stopping = False
+        self.busy = False  # an item is under way
 
     def put(self, item) -> None:
         if self.stopping:
@@ -80,13 +82,23 @@ class Worker:
             item = self.queue.get()
             if item is _STOP or self.stopping:
                 return
-            self.handle(item)
+            self.busy = True
+            try:
+                self.handle(item)
+            finally:
+                self.busy = False
+                self.queue.task_done()
             if self.dropped and self.queue.empty():
                 self.log.info(f"{self.name}_dropped", count=self.dropped, detail="the queue has drained")
                 self.dropped = 0
 
     def handle(self, item) -> None:
         raise NotImplementedError
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until what is queued is done (tests; a stop drops it instead)."""
+        with self.queue.all_tasks_done:
+            return self.queue.all_tasks_done.wait_for(lambda: not self.queue.unfinished_tasks, timeout)
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop after the item under way (what is still queued is dropped)."""
@@ -143,7 +155,7 @@ class UbusEvents(Worker):
         except OSError as e:
             error = str(e)
         if error and error != self.failing:
-            self.log.warning("ubus_event_failed", event=kind, error=error,
+            self.log.warning("ubus_event_failed", type=kind, error=error,
                              detail="events are not sent until ubus takes them again")
         elif not error and self.failing:
             self.log.info("ubus_event_recovered")
@@ -209,7 +221,7 @@ class Hotplug(Worker):
         with tempfile.TemporaryFile() as err:
             try:
                 # a session of its own: at the limit the whole group goes, children included
-                p = subprocess.Popen(["/bin/sh", "-c", SOURCE, script], stdin=subprocess.DEVNULL,
+                p = subprocess.Popen([SHELL, "-c", SOURCE, script], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=err, env=env, cwd="/",
                                      start_new_session=True)
             except OSError as e:
