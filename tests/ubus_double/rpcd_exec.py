@@ -118,8 +118,12 @@ class ExecPlugin:
         try:
             out, _ = p.communicate(stdin.encode(), timeout=self.timeout)
         except subprocess.TimeoutExpired:
+            # rpc_exec_timeout_cb: SIGKILL to the plugin and the answer at once, not
+            # waiting for its pipes (a child it left may hold them)
             p.kill()
-            p.communicate()
+            p.wait()
+            p.stdout.close()
+            p.stderr.close()
             raise UbusStatus(TIMEOUT) from None
         try:
             complete, value = first_json_value(out)

@@ -203,11 +203,13 @@ def main(argv=None):
     p.add_argument("--plugins", help="rpcd's exec plugin directory (/usr/libexec/rpcd)")
     p.add_argument("--shell", default="/bin/sh", help="what runs each plugin (its #!/bin/sh on OpenWrt)")
     p.add_argument("--exec-timeout", type=float, default=rpcd_exec.RPC_EXEC_DEFAULT_TIMEOUT)
+    p.add_argument("--plugin-path", help="PATH for the plugins (a router's: busybox applets)")
     a = p.parse_args(argv)
     d = UbusDouble(a.socket, a.confdir, a.savedir)
     d.delay = a.delay
     if a.plugins:
-        d.load_plugins(a.plugins, a.shell.split(), timeout=a.exec_timeout)
+        env = dict(os.environ, PATH=a.plugin_path) if a.plugin_path else None
+        d.load_plugins(a.plugins, a.shell.split(), env, timeout=a.exec_timeout)
     print("ready", flush=True)
     signal.sigwait({signal.SIGTERM, signal.SIGINT})
     d.close()
