@@ -281,3 +281,43 @@ def test_the_acl_grants_read_status_peers_and_write_reconcile_reload(tmp_path):
         got = {m for m in listed if sessions.call("access", {"ubus_rpc_session": sid, "scope": "ubus",
                                                              "object": "wgagent", "function": m})["access"]}
         assert got == allowed, login
+
+
+def test_the_status_is_written_on_change_at_a_bounded_rate_and_refreshed(world):  # noqa: F811
+    from wgagent import control as control_mod
+
+    writes = []
+
+    class Daemon:
+        def status_document(self, now):
+            writes.append(now)
+            return {"interfaces": [], "daemon": None}
+
+    mono = [100.0]
+    c = Control(world.log, clock=lambda: mono[0] + WALL0, mono=lambda: mono[0])
+    d = Daemon()
+    c.publish(d, said=0)  # the first pass: written
+    c.publish(d, said=0)
+    assert len(writes) == 1, "nothing said since: nothing written"
+    c.publish(d, said=3)
+    assert len(writes) == 1, "a change within MIN_INTERVAL of the last write waits"
+    mono[0] += control_mod.MIN_INTERVAL
+    c.publish(d, said=3)
+    assert len(writes) == 2, "... and is written at the next pass after it"
+    c.cost = 0.5  # a write that cost 0.5 s (a large hub): the next change waits 20 x that
+    c.publish(d, said=4)
+    mono[0] += 9
+    c.publish(d, said=4)
+    assert len(writes) == 2
+    mono[0] += 1
+    c.publish(d, said=4)
+    assert len(writes) == 3
+    mono[0] += control_mod.REFRESH
+    c.publish(d, said=4)
+    assert len(writes) == 4, "ages and counters refreshed every REFRESH seconds"
+    c.dirty = True  # the firewall thread's state changed
+    mono[0] += 10
+    c.publish(d, said=4)
+    assert len(writes) == 5
+    with open(rundir.path("status", ".json")) as f:
+        assert json.load(f)["daemon"] == {"running": True, "pid": os.getpid(), "updated": int(mono[0] + WALL0)}

@@ -132,27 +132,29 @@ def blobmsg_size(value, name: str = "") -> int:
     blob): a 4-byte blob_attr header, the blobmsg_hdr (2-byte name length, the name,
     its NUL) padded to 4, then the payload padded to 4: a string with its NUL, an
     integer as INT32 or INT64, a bool as one byte (u8), a double 8, null none, a
-    table or array its members."""
-    head = 4 + _pad(2 + len(name.encode()) + 1)
-    if isinstance(value, bool):
-        body = 1
-    elif isinstance(value, int):
-        body = 4 if -2**31 <= value < 2**31 else 8
-    elif isinstance(value, float):
-        body = 8
-    elif isinstance(value, str):
-        body = len(value.encode()) + 1
-    elif value is None:
-        body = 0
-    elif isinstance(value, dict):
-        body = sum(blobmsg_size(v, k) for k, v in value.items())
+    table or array its members. Names are the document's own keys (ASCII)."""
+    return ((4 + ((len(name) + 6) & ~3) + _body(value)) + 3) & ~3
+
+
+def _body(value) -> int:
+    if value.__class__ is str:
+        return (len(value) if value.isascii() else len(value.encode())) + 1
+    if value is None:
+        return 0
+    if value is True or value is False:
+        return 1
+    if value.__class__ is int:
+        return 4 if -2147483648 <= value <= 2147483647 else 8
+    if value.__class__ is float:
+        return 8
+    total = 0
+    if value.__class__ is dict:
+        for k, v in value.items():
+            total += ((4 + ((len(k) + 6) & ~3) + _body(v)) + 3) & ~3
     else:
-        body = sum(blobmsg_size(v) for v in value)
-    return _pad(head + body)
-
-
-def _pad(n: int) -> int:
-    return (n + 3) & ~3
+        for v in value:
+            total += (8 + _body(v) + 3) & ~3
+    return total
 
 
 def fit(doc: dict, budget: int = BUDGET) -> dict:
@@ -160,11 +162,12 @@ def fit(doc: dict, budget: int = BUDGET) -> dict:
     the list) until its blobmsg form is at most budget bytes; each interface that
     lost some says how many in "peers_omitted". Each peer is measured once, not the
     whole document per step."""
-    total = blobmsg_size(doc)
-    if total <= budget:
-        return doc
     entries = doc["interfaces"]
     sizes = [[blobmsg_size(p) for p in e["peers"]] for e in entries]
+    # the rest of the document, and each peer's attribute once
+    total = blobmsg_size(dict(doc, interfaces=[dict(e, peers=[]) for e in entries])) + sum(map(sum, sizes))
+    if total <= budget:
+        return doc
     order = sorted(((p["up"], -i, -j) for i, e in enumerate(entries) for j, p in enumerate(e["peers"])))
     drop: set[tuple[int, int]] = set()
     marker = blobmsg_size(0, "peers_omitted")
