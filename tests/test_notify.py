@@ -16,18 +16,7 @@ from wgagent import notify
 from wgagent.reporter import Reporter
 
 from . import rpcd_plugin as rp
-from .test_daemon import K1, K2, WALL0, make, peer, world  # noqa: F401  (world: a fixture)
-
-
-class Log:
-    def __init__(self):
-        self.lines = []
-
-    def __getattr__(self, level):
-        return lambda event, **kw: self.lines.append((level, event, kw))
-
-    def events(self, name):
-        return [kw for _, e, kw in self.lines if e == name]
+from .test_daemon import K1, K2, WALL0, Log, make, peer, world  # noqa: F401  (world: a fixture)
 
 
 class Heard:
@@ -82,18 +71,7 @@ def test_a_burst_is_summarised_for_the_notifiers_as_for_the_log():
     assert [e for _, e, _ in log.lines] == ["peers_up", "routes_added"]
 
 
-# --- ubus events
-
-
-@pytest.fixture
-def double(tmp_path):
-    from .ubus_double.server import UbusDouble
-
-    confdir = tmp_path / "config"
-    confdir.mkdir()
-    d = UbusDouble(str(tmp_path / "ubus.sock"), str(confdir), str(tmp_path / "delta"))
-    yield d
-    d.close()
+# --- ubus events (conftest's double: its ubusd)
 
 
 def listen(sock, *patterns, seconds=4):

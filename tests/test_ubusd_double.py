@@ -14,18 +14,8 @@ import time
 import pytest
 
 from . import rpcd_plugin as rp
-from .ubus_double.server import UbusDouble
 from .ubus_double.status import UbusStatus
 from .ubus_double.ubusd import Listener, Ubusd
-
-
-@pytest.fixture
-def bus(tmp_path):
-    confdir = tmp_path / "config"
-    confdir.mkdir()
-    d = UbusDouble(str(tmp_path / "ubus.sock"), str(confdir), str(tmp_path / "delta"))
-    yield d
-    d.close()
 
 
 def hear(ubusd, owner, *patterns):
@@ -57,32 +47,32 @@ def test_event_patterns_match_as_ubusd_matches_them():
         u.register(Listener("f", print), "")
 
 
-def test_objects_have_unique_paths_and_are_announced(bus):
-    got = hear(bus.ubusd, "listener", "ubus.object.*")
-    oid = bus.ubusd.add_object("wgagent", object(), "rpcd", {"status": {}})
+def test_objects_have_unique_paths_and_are_announced(double):
+    got = hear(double.ubusd, "listener", "ubus.object.*")
+    oid = double.ubusd.add_object("wgagent", object(), "rpcd", {"status": {}})
     assert oid >= 1024 and got == [("ubus.object.add", {"id": oid, "path": "wgagent"})]
     with pytest.raises(UbusStatus) as e:
-        bus.ubusd.add_object("wgagent", object(), "other")
+        double.ubusd.add_object("wgagent", object(), "other")
     assert e.value.status == 2  # ubusd_handle_add_object: INVALID_ARGUMENT
-    bus.ubusd.close_owner("rpcd")  # rpcd went away: its objects with it
+    double.ubusd.close_owner("rpcd")  # rpcd went away: its objects with it
     assert got[-1] == ("ubus.object.remove", {"id": oid, "path": "wgagent"})
-    assert bus.ubusd.find("wgagent") is None
+    assert double.ubusd.find("wgagent") is None
 
 
-def test_the_cli_list_send_and_listen(bus):
-    r = rp.ubus(bus.path, "list")
+def test_the_cli_list_send_and_listen(double):
+    r = rp.ubus(double.path, "list")
     assert r.stdout.split() == ["session", "uci"]  # strcmp order
-    assert rp.ubus(bus.path, "list", "u*").stdout.split() == ["uci"]
-    r = rp.ubus(bus.path, "list", "nosuch")
+    assert rp.ubus(double.path, "list", "u*").stdout.split() == ["uci"]
+    r = rp.ubus(double.path, "list", "nosuch")
     assert (r.returncode, r.stderr) == (4, "Command failed: Not found\n")
-    listener = subprocess.Popen([sys.executable, rp.CLI, "-s", bus.path, "-t", "2", "listen", "wgagent.*"],
+    listener = subprocess.Popen([sys.executable, rp.CLI, "-s", double.path, "-t", "2", "listen", "wgagent.*"],
                                 stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(0.5)
-        assert rp.ubus(bus.path, "send", "wgagent.peer", '{"a":"b\\"c","n":1,"f":1.5,"z":null,"t":true}').returncode == 0
-        r = rp.ubus(bus.path, "send", "ubus.object.add", "{}")
+        assert rp.ubus(double.path, "send", "wgagent.peer", '{"a":"b\\"c","n":1,"f":1.5,"z":null,"t":true}').returncode == 0
+        r = rp.ubus(double.path, "send", "ubus.object.add", "{}")
         assert (r.returncode, r.stderr) == (6, "Command failed: Permission denied\n")
-        r = rp.ubus(bus.path, "send", "wgagent.peer", "[1]")
+        r = rp.ubus(double.path, "send", "wgagent.peer", "[1]")
         assert (r.returncode, r.stderr) == (12, "Command failed: Parsing message data failed\n")
         out, _ = listener.communicate(timeout=10)  # -t 2: it ends by itself, status 0
     finally:
@@ -103,7 +93,7 @@ def plugin(tmp_path, name, text):
 
 
 @pytest.mark.skipif(rp.busybox() is None, reason="needs busybox (OpenWrt's shell)")
-def test_exec_plugins_as_rpcd_runs_them(bus, tmp_path):
+def test_exec_plugins_as_rpcd_runs_them(double, tmp_path):
     d = plugin(tmp_path, "echoer", """
 case "$1" in
 list) echo '{"echo":{"s":"str","n":32,"b":true,"big":64},"empty":{},"bad":{},"hang":{},"notatable":5}' ;;
@@ -120,16 +110,16 @@ esac
     plugin(tmp_path, "noexec", "echo '{\"m\":{}}'")
     os.chmod(os.path.join(d, "noexec"), 0o644)  # rpcd registers only files with the owner's x bit
     plugin(tmp_path, "silent", "true")
-    assert bus.load_plugins(d, [rp.busybox(), "sh"], {"PATH": rp.applets(str(tmp_path / "bin"))},
+    assert double.load_plugins(d, [rp.busybox(), "sh"], {"PATH": rp.applets(str(tmp_path / "bin"))},
                             timeout=1) == ["echoer"]
-    r = rp.ubus(bus.path, "-v", "list", "echoer")
+    r = rp.ubus(double.path, "-v", "list", "echoer")
     assert r.stdout.splitlines()[1:] == [
         '\t"echo":{"s":"String","n":"Integer","b":"Boolean","big":"(unknown)"}',
         '\t"empty":{}', '\t"bad":{}', '\t"hang":{}']
     # the message on stdin, compact and without a newline; the first JSON value answers
-    r = rp.ubus(bus.path, "call", "echoer", "echo", '{"s": "x", "n": 1}')
+    r = rp.ubus(double.path, "call", "echoer", "echo", '{"s": "x", "n": 1}')
     assert json.loads(r.stdout) == {"got": "{_s_:_x_,_n_:1}"}, r.stderr
-    assert bus.plugins["echoer"].calls[-1] == ("echo", '{"s":"x","n":1}')
+    assert double.plugins["echoer"].calls[-1] == ("echo", '{"s":"x","n":1}')
     for method, status in (("empty", 5), ("bad", 2), ("hang", 7), ("nosuch", 3)):
-        r = rp.ubus(bus.path, "call", "echoer", method)
+        r = rp.ubus(double.path, "call", "echoer", method)
         assert r.returncode == 256 - status, (method, r.stderr)
