@@ -130,7 +130,9 @@ def test_a_peer_change_is_an_event_a_hotplug_run_and_the_status(site, router, tm
                                                              "10.0.31.5/32 fd31::5/128", "handshake")
     assert endpoint.startswith("192.0.2.")
 
-    st = router.call("status")
+    # written at the first pass after the change that is >= 1 s after the last write
+    st = wait_for(lambda: (lambda s: s if s["interfaces"][0]["peers"][0]["state"] == "up" else None)(
+        router.call("status")), 5, what="the published status to say up")
     assert st["daemon"]["running"] is True and st["daemon"]["pid"] == agent.proc.pid
     assert abs(st["daemon"]["updated"] - time.time()) < 40  # refreshed at least every 30 s
     [p] = st["interfaces"][0]["peers"]

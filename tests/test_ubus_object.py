@@ -320,3 +320,23 @@ def test_the_status_is_written_on_change_at_a_bounded_rate_and_refreshed(world):
     assert len(writes) == 5
     with open(rundir.path("status", ".json")) as f:
         assert json.load(f)["daemon"] == {"running": True, "pid": os.getpid(), "updated": int(mono[0] + WALL0)}
+
+
+def test_every_acl_in_the_feed_is_json_and_names_only_methods_the_object_has():
+    """The package's ACL and any other package's (luci-app-wgagent's) that grants on
+    the wgagent object: valid JSON objects of access groups, every wgagent function
+    one the plugin declares."""
+    import glob
+
+    listed = set(json.loads(subprocess.run([rp.busybox(), "sh", rp.PLUGIN, "list"], capture_output=True,
+                                           text=True, check=True).stdout))
+    feed = os.path.dirname(os.path.dirname(rp.FILES))
+    paths = [rp.ACL] + glob.glob(os.path.join(feed, "*", "root", "usr", "share", "rpcd", "acl.d", "*.json"))
+    for path in paths:
+        with open(path) as f:
+            groups = json.load(f)
+        assert isinstance(groups, dict) and groups, path
+        for group, perms in groups.items():
+            for perm in ("read", "write"):
+                functions = perms.get(perm, {}).get("ubus", {}).get("wgagent", [])
+                assert set(functions) <= listed, (path, group, perm, set(functions) - listed)
