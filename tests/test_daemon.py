@@ -17,6 +17,7 @@ import pytest
 from wgagent import config
 from wgagent import daemon as daemon_mod
 from wgagent import reporter as reporter_mod
+from wgagent import rundir
 from wgagent import ubus as ubus_mod
 from wgagent.model import InterfaceState, Peer, Route
 from wgagent.rtnl import Link
@@ -137,7 +138,7 @@ def make(cfg_text: str = "", **agent):
 
 @pytest.fixture
 def world(tmp_path, monkeypatch):
-    monkeypatch.setattr(reporter_mod, "RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setattr(rundir, "RUN_DIR", str(tmp_path / "run"))
 
     class World:
         daemons: list = []

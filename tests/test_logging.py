@@ -62,14 +62,14 @@ def burst_reporter(level):
 
 def test_a_few_changes_are_one_line_each(tmp_path):
     d = burst_reporter("info")
-    d.lines([("peer_up", {"iface": "wg0", "peer": f"p{i}"}) for i in range(20)])
+    d.lines([("peer_up", {"iface": "wg0", "peer": f"p{i}"}, None) for i in range(20)])
     assert [(lv, ev) for lv, ev, _ in d.log.lines] == [("info", "peer_up")] * 20
 
 
 def test_a_burst_is_summed_up_with_the_details_at_debug(tmp_path):
     d = burst_reporter("info")
-    lines = [("peer_up", {"iface": "wg0", "peer": f"p{i}"}) for i in range(30)]
-    lines += [("peer_up", {"iface": "wg1", "peer": "q"}), ("peer_down", {"iface": "wg0", "peer": "r"})]
+    lines = [("peer_up", {"iface": "wg0", "peer": f"p{i}"}, None) for i in range(30)]
+    lines += [("peer_up", {"iface": "wg1", "peer": "q"}, None), ("peer_down", {"iface": "wg0", "peer": "r"}, None)]
     d.lines(lines)
     assert d.log.lines == [
         ("info", "peers_up", {"iface": "wg0", "count": 30, "first": "p0,p1,p2,p3,p4,…",

@@ -39,7 +39,8 @@ def feed(folder: str) -> dict:
     conf = re.search(rf"^define Package/{re.escape(name)}/conffiles\n(.*?)^endef", text, re.M | re.S)
     top = dict(re.findall(r"^([A-Z0-9_]+):=(.*)$", text, re.M))
     pkg = dict(re.findall(r"^\s+([A-Z_]+):=(.*)$", block, re.M))
-    return {"name": name, "top": top, "pkg": pkg, "conffiles": conf.group(1).split() if conf else [],
+    return {"name": name, "folder": folder, "top": top, "pkg": pkg,
+            "conffiles": conf.group(1).split() if conf else [],
             "description": [line.strip() for line in desc.strip("\n").splitlines()],
             "version": f"{top['PKG_VERSION']}-r{top['PKG_RELEASE']}"}
 
@@ -133,6 +134,14 @@ def test_control_is_what_the_feed_makefile_declares(ipks, mk):
         assert control["./conffiles"][1].decode().split() == sorted(mk["conffiles"])
     else:
         assert "./conffiles" not in control
+    # Package/<pkg>/postinst becomes postinst-pkg (BuildPackVariable), sourced by default_postinst
+    text = open(os.path.join(FEED, mk["folder"], "Makefile")).read()
+    script = re.search(rf"^define Package/{re.escape(mk['name'])}/postinst\n(.*?)^endef", text, re.M | re.S)
+    if script:
+        assert control["./postinst-pkg"][0].mode == 0o755
+        assert control["./postinst-pkg"][1].decode() == script.group(1).replace("$$", "$")
+    else:
+        assert "./postinst-pkg" not in control
     postinst, prerm = control["./postinst"], control["./prerm"]
     assert postinst[0].mode == 0o755 and prerm[0].mode == 0o755
     # what OpenWrt's SDK generates: enable + start on install (not in an image build), stop on removal
@@ -148,6 +157,15 @@ def test_data_paths_and_modes(parts):
     assert modes["./etc/init.d/wgagent"] == 0o755
     assert modes["./etc/config/wgagent"] == 0o600
     assert modes["./etc/iproute2/rt_protos.d/wgagent.conf"] == 0o644
+    # the ubus object (rpcd exec plugin), its ACL, the hotplug example (sourced: no x bit)
+    assert modes["./usr/libexec/rpcd/wgagent"] == 0o755
+    assert modes["./usr/share/rpcd/acl.d/wgagent.json"] == 0o644
+    assert modes["./etc/hotplug.d/wgagent/50-example"] == 0o644
+    files = os.path.join(FEED, "wgagent", "files")
+    for member, src in (("./usr/libexec/rpcd/wgagent", "wgagent.rpcd"), ("./etc/hotplug.d/wgagent/50-example",
+                        "wgagent.hotplug"), ("./usr/share/rpcd/acl.d/wgagent.json", "wgagent.acl.json")):
+        assert data[member][1] == open(os.path.join(files, src), "rb").read()
+    json.loads(data["./usr/share/rpcd/acl.d/wgagent.json"][1])
     assert SITE + "wgagent/cli.pyc" in modes and SITE + "wgagent/daemon.pyc" in modes
     assert not any(n.endswith(".py") for n in modes)  # byte code only, as Py3Package ships it
     assert all(info.uid == 0 and info.gid == 0 for info, _ in data.values())
@@ -571,12 +589,16 @@ def test_init_reload_always_rereads(tmp_path):
     assert calls[0] == "reload" and calls[-1] == "send_signal wgagent main HUP"
 
 
-def test_init_script_syntax_and_shellcheck():
-    r = subprocess.run([_busybox(), "sh", "-n", INIT], capture_output=True, text=True)
+SHELL_FILES = [INIT] + [os.path.join(FEED, "wgagent", "files", f) for f in ("wgagent.rpcd", "wgagent.hotplug")]
+
+
+@pytest.mark.parametrize("path", SHELL_FILES, ids=os.path.basename)
+def test_shell_scripts_parse_in_busybox_sh_and_pass_shellcheck(path):
+    r = subprocess.run([_busybox(), "sh", "-n", path], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     if shutil.which("shellcheck") is None:
         pytest.skip("needs shellcheck (apt-get install shellcheck)")
-    r = subprocess.run(["shellcheck", "-s", "sh", INIT], capture_output=True, text=True)
+    r = subprocess.run(["shellcheck", "-s", "sh", path], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
 
 

@@ -15,7 +15,9 @@ python3-package.mk and package-pack.mk):
   /usr/bin/python3;
 - the control file has package-pack.mk's fields in its order, and the postinst/prerm
   that it generates (default_postinst enables and starts the service,
-  default_prerm stops and disables it); ipkg-build packs a gzipped tar of
+  default_prerm stops and disables it); a `Package/<pkg>/postinst` of the Makefile
+  becomes CONTROL/postinst-pkg (BuildPackVariable), which default_postinst sources;
+  ipkg-build packs a gzipped tar of
   ./debian-binary, ./data.tar.gz and ./control.tar.gz, sorted by name, numeric
   owner root, Installed-Size the length of the uncompressed data tar.
 
@@ -127,6 +129,12 @@ class FeedMakefile:
             out.append(dep[1:])
         return out
 
+    def script(self, name: str) -> str | None:
+        """A `define Package/<pkg>/<name>` script as the package holds it: make's $$
+        is one $ (BuildPackVariable echoes the expanded variable)."""
+        text = self.defines.get(f"Package/{self.name}/{name}")
+        return None if text is None else text.replace("$$", "$")
+
     def conffiles(self) -> list[str]:
         return self.defines.get(f"Package/{self.name}/conffiles", "").split()
 
@@ -148,8 +156,12 @@ class FeedMakefile:
         return f"feeds/packages/{FEED_PATHS[os.path.basename(self.folder)]}"
 
     def scripts(self) -> list[tuple[str, str, int]]:
-        """The CONTROL scripts package-pack.mk writes for a package without its own."""
-        return [("postinst", POSTINST, 0o755), ("prerm", PRERM, 0o755)]
+        """The CONTROL scripts package-pack.mk writes; a Package/<pkg>/postinst of the
+        Makefile's own goes beside them as postinst-pkg, which the default postinst runs."""
+        out = [("postinst", POSTINST, 0o755), ("prerm", PRERM, 0o755)]
+        if self.script("postinst") is not None:
+            out.append(("postinst-pkg", self.script("postinst"), 0o755))
+        return out
 
     def control(self, installed_size: int) -> str:
         fields = [

@@ -61,11 +61,12 @@ def cmd_run(args) -> int:
 
 
 def gather_status(cfg) -> dict:
-    """What the kernel holds now, read without the daemon's memory."""
+    """What the kernel holds now, read without the daemon's memory (status.document)."""
     import time
 
+    from . import rundir, status
     from .observer import Observer
-    from .policy import IDLE, desired_rules, desired_state
+    from .policy import desired_rules, desired_state
     from .reporter import read_idle_state
     from .rtnl import Rtnl
     from .wgsource import PeerSources
@@ -74,59 +75,18 @@ def gather_status(cfg) -> dict:
     try:
         observer = Observer(cfg, rtnl, sources)
         links, states = observer.peers()
-        mono = time.monotonic()
-        desired = desired_state(cfg, states, time.time(), {}, mono)
+        mono, now = time.monotonic(), time.time()
+        desired = desired_state(cfg, states, now, {}, mono)
         view = observer.kernel(links, mono)
         problems = desired_rules(cfg, desired, view.paths)
     finally:
         sources.close()
         rtnl.close()
-    idle = read_idle_state()  # only the running daemon knows whose rx stopped growing
-    out = {"interfaces": [], "conflicts": [], "return_paths": [], "problems": problems}
-    for state in states:
-        iface = cfg.interface(state.name)
-        entry = {"name": state.name, "backend": state.backend or None, "error": state.error or None,
-                 "table": config_mod.table_name(iface.table, cfg.tables), "peers": []}
-        for v in desired.verdicts:
-            if v.interface != state.name:
-                continue
-            if v.up and (v.interface, v.peer.public_key) in idle:
-                v = v._replace(up=False, reason=IDLE)
-            entry["peers"].append({
-                "public_key": v.peer.public_key, "short_key": v.peer.short_key,
-                "description": v.description or None, "endpoint": v.peer.endpoint,
-                "handshake_age": None if v.handshake_age is None else round(v.handshake_age, 1),
-                "up": v.up, "reason": v.reason, "rx_bytes": v.peer.rx_bytes, "tx_bytes": v.peer.tx_bytes,
-                "allowed_ips": list(v.peer.allowed_ips),
-                "routes": [r.prefix for r in v.routes if r in view.owned],
-                "rules": [r.describe() for r in v.rules if r in view.rules],
-            })
-        out["interfaces"].append(entry)
-    for v in desired.verdicts:
-        for r in v.routes:
-            proto = view.foreign.get(r.slot)
-            if proto is not None:
-                out["conflicts"].append({"interface": v.interface, "prefix": r.prefix,
-                                         "table": config_mod.table_name(r.table, cfg.tables), "proto": proto})
-    for rp, p in zip(cfg.return_paths, view.paths):
-        out["return_paths"].append({
-            "name": rp.name, "device": p.device or None, "present": p.present, "error": p.error or None,
-            "table": config_mod.table_name(rp.table, cfg.tables),
-            "addresses": [f"{a}/{n}" for a, n in p.addresses],
-            "gateways": list(rp.gateways) or [gw for _, gw in p.learned_gateways],
-            "rules": sorted(r.describe() for r, who in desired.rules.items()
-                            if who == f"return_path {rp.name}" and r in view.rules),
-            "routes": sorted(f"{r.prefix}" + (f" via {r.gateway}" if r.gateway else "") + f" dev {r.ifname}"
-                             for r, who in desired.path_routes.items()
-                             if who == f"return_path {rp.name}" and r in view.owned),
-        })
-    described = set(desired.routes) | set(desired.path_routes) | {r for v in desired.verdicts for r in v.routes}
-    out["other_owned_routes"] = [f"{r.prefix} dev {r.ifname} table {r.table}" for r in sorted(view.owned - described)]
-    out["owned_rules"] = sorted(r.describe() for r in view.rules)
-    fw = firewall_status(cfg)
-    if fw is not None:
-        out["firewall"] = fw
-    return out
+    pid = rundir.running_pid()
+    # only the running daemon knows whose rx stopped growing: its idle file
+    return status.document(cfg, states, desired, view, problems, age=lambda v: v.handshake_age,
+                           idle=read_idle_state(), firewall=firewall_status(cfg),
+                           daemon=status.daemon_entry(pid is not None, pid, now))
 
 
 def _print_status(st: dict):
@@ -138,7 +98,7 @@ def _print_status(st: dict):
         for p in entry["peers"]:
             name = p["short_key"] + (f" ({p['description']})" if p["description"] else "")
             age = "never" if p["handshake_age"] is None else f"{p['handshake_age']:.0f}s ago"
-            state = "up" if p["up"] else f"down ({p['reason']})"
+            state = p["state"] if p["state"] in ("up", "idle", "moved") else f"down ({p['reason']})"
             print(f"  peer {name}  {state}  handshake {age}  endpoint {p['endpoint'] or '-'}")
             print(f"    allowed ips: {', '.join(p['allowed_ips']) or '-'}")
             print(f"    routes:      {', '.join(p['routes']) or '-'}")
@@ -161,12 +121,18 @@ def _print_status(st: dict):
         print(f"conflict: {c['prefix']} in table {c['table']} is held by protocol {c['proto']} ({c['interface']})")
     for r in st["other_owned_routes"]:
         print(f"owned route with no configured peer: {r}")
+    d = st["daemon"]
+    print(f"daemon: running (pid {d['pid']})" if d["running"] else "daemon: not running")
 
 
 def cmd_status(args) -> int:
     cfg = _load(args.config)
     st = gather_status(cfg)
-    if args.json:
+    if args.ubus:
+        from . import status
+
+        sys.stdout.write(status.dumps(status.fit(st)))
+    elif args.json:
         json.dump(st, sys.stdout, indent=2)
         print()
     else:
@@ -230,24 +196,14 @@ def firewall_status(cfg) -> dict | None:
     client = ubus.connect(cfg.agent.ubus_socket)
     if client is None and not (cfg.zones or cfg.nats):
         return None
-    out = {"transport": None, "sections": [], "error": None}
     if client is None:
-        out["error"] = "no ubus here"
-        return out
-    out["transport"] = client.name
+        return firewall.status_entry(None, error="no ubus here")
     try:
-        owned, desired, out["warnings"] = firewall.FirewallWriter(client).read(firewall.desired_sections(cfg))
+        owned, desired, warnings = firewall.FirewallWriter(client).read(firewall.desired_sections(cfg))
     except OSError as e:
-        out["error"] = str(e)
-        return out
-    p = firewall.plan(desired, owned)
-    differ = {s.name for s in p.create + p.retype} | {s.name for s, _, _ in p.update}
-    for s in desired:
-        out["sections"].append({"name": s.name, "type": s.type,
-                                "state": "missing" if s.name not in owned else
-                                "differs" if s.name in differ else "ok"})
-    out["sections"] += [{"name": n, "type": owned[n][0], "state": "stale"} for n in p.delete]
-    return out
+        return firewall.status_entry(client.name, error=str(e))
+    return firewall.status_entry(client.name, firewall.section_states(desired, owned, firewall.plan(desired, owned)),
+                                 warnings=warnings)
 
 
 def default_config() -> str:
@@ -272,6 +228,8 @@ def main(argv=None) -> int:
     p.set_defaults(func=cmd_run)
     p = with_config(sub.add_parser("status", help="peers, handshake ages and installed routes"))
     p.add_argument("--json", action="store_true")
+    p.add_argument("--ubus", action="store_true", help="JSON in the layout and size of `ubus call wgagent "
+                   "status` (the rpcd plugin's answer while the daemon is down)")
     p.set_defaults(func=cmd_status)
     p = with_config(sub.add_parser("check", help="validate the config and report conflicts (exit 1)"))
     p.set_defaults(func=cmd_check)

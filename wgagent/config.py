@@ -230,6 +230,7 @@ class AgentConfig:
     keep_routes_on_stop: bool = False
     rule_priority: int = 5000  # first priority of wgagent's ip rule band (see RULE_BAND)
     ubus_socket: str = ""  # "" = ubus's default socket
+    hotplug_timeout: float = 10.0  # seconds each /etc/hotplug.d/wgagent script may run
 
 
 @dataclass(frozen=True)
@@ -339,6 +340,7 @@ SCHEMA: dict[str, dict[str, Converter]] = {
         "keep_routes_on_stop": _plain(boolean),
         "rule_priority": _plain(number(1, RULE_PRIORITY_MAX, integer=True)),
         "ubus_socket": _plain(text),
+        "hotplug_timeout": _plain(number(0, 3600, lo_open=True)),
     },
     "interface": {
         "table": table,

@@ -18,10 +18,11 @@ import time
 
 from . import config as config_mod
 from . import log as log_mod
-from . import ubus
+from . import status, ubus
 from .config import Config, ConfigError
+from .control import Control
 from .observer import Observer
-from .policy import Desired, PlanMemo, desired_rules, desired_state, track_activity
+from .policy import Desired, PlanMemo, desired_rules, desired_state, handshake_age, track_activity
 from .reconciler import Reconciler
 from .reporter import Reporter
 from .rtnl import RtnlEvents
@@ -51,6 +52,10 @@ class Daemon:
         self.last_desired = Desired()
         self.unreadable_since: dict[str, float] = {}  # interface -> monotonic time it became unreadable
         self.firewall = None  # a firewall.FirewallSync, when want_firewall() starts one
+        self.firewall_changed = lambda: None  # called from the firewall thread when its status changes
+        self.last_states: list = []  # the InterfaceStates of the last pass that read them
+        self.last_problems: list[str] = []
+        self.reload_error = ""  # why the last reload was refused
 
     # --- one pass
 
@@ -64,6 +69,7 @@ class Daemon:
             self.reconciler.dirty = True
             return Pass.FAILED
         self.reporter.read_ok("links")
+        self.last_states = states
         self.reporter.interface_states(states)
         self.activity = track_activity(self.activity, states, mono, wall)
         keep: set[str] = set()
@@ -86,7 +92,8 @@ class Daemon:
                 return Pass.FAILED
             self.reporter.read_ok("kernel")
         if self.config.agent.enabled:
-            self.reporter.path_problems(desired_rules(self.config, desired, r.view.paths))
+            self.last_problems = desired_rules(self.config, desired, r.view.paths)
+            self.reporter.path_problems(self.last_problems)
             self.reporter.path_states(r.view.paths)
         plan, rule_plan = r.plan(desired, keep)
         self.reporter.route_conflicts(plan.conflicts)
@@ -103,6 +110,31 @@ class Daemon:
         self.reporter.read_ok("apply")
         self.reporter.changes(done, desired, previous, wall, self.activity, mono)
         return Pass.REFUSED if r.dirty else Pass.WHOLE
+
+    def status_document(self, now: float) -> dict:
+        """The status as of the last pass (status.py), handshake ages as of now."""
+        mono = self.mono()
+
+        def age(v):
+            return handshake_age(v.peer, now, self.activity.get((v.interface, v.peer.public_key)), mono)
+
+        fw = self.firewall.status if self.firewall is not None else None
+        return status.document(self.config, self.last_states, self.last_desired, self.reconciler.view,
+                               self.last_problems, age=age, firewall=fw)
+
+    # --- notifiers (ubus events, hotplug scripts): for `run`, not for one pass
+
+    def start_notifiers(self) -> None:
+        from . import notify
+
+        agent = self.config.agent
+        events = notify.ubus_events(self.log, agent.ubus_socket)
+        self.reporter.notifiers = [n for n in (events, notify.Hotplug(self.log, agent.hotplug_timeout)) if n]
+
+    def stop_notifiers(self) -> None:
+        for n in self.reporter.notifiers:
+            n.close()
+        self.reporter.notifiers = []
 
     def _released(self, states, mono: float) -> set[str]:
         """Interfaces unreadable for longer than handshake_timeout. Until then their
@@ -128,6 +160,7 @@ class Daemon:
         from .firewall import FirewallSync
 
         self.firewall = FirewallSync(self.config, self.log)
+        self.firewall.on_status = lambda: self.firewall_changed()
         if start:
             self.firewall.start()
 
@@ -158,11 +191,18 @@ class Daemon:
             new = config_mod.load(self.config.path)
         except ConfigError as e:
             self.log.error("reload_failed", error=str(e), action="keeping the running config")
+            self.reload_error = str(e)
             return False
+        self.reload_error = ""
         for w in new.warnings:
             self.log.warning("config_warning", detail=w)
         log_mod.set_level(new.agent.log_level)
         self.config = new
+        for n in self.reporter.notifiers:  # the bus and the scripts' limit may have changed
+            if hasattr(n, "socket"):
+                n.socket = new.agent.ubus_socket
+            if hasattr(n, "timeout"):
+                n.timeout = new.agent.hotplug_timeout
         self.observer.rebind(new)
         self.reconciler.dirty = True
         self.log.info("reloaded", path=new.path, interfaces=",".join(i.name for i in new.interfaces) or "-")
@@ -195,45 +235,92 @@ class Runner:
     def __init__(self, daemon: Daemon, events: RtnlEvents):
         self.daemon = daemon
         self.events = events
+        self.control = Control(daemon.log, clock=daemon.clock, mono=daemon.mono)
         self.stop_signal: int | None = None
         self.reload_requested = False
+        self.reconcile_requested = False
         self.failures = 0  # passes failed in a row: the backoff
+        self.last_pass = Pass.WHOLE
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def _on_signal(self, signum, frame):
         if signum == signal.SIGHUP:
             self.reload_requested = True
+        elif signum == signal.SIGUSR1:
+            self.reconcile_requested = True  # `ubus call wgagent reconcile`: a pass now
         else:
             self.stop_signal = signum
+
+    def _reconcile(self) -> Pass:
+        self.last_pass = self.daemon.reconcile()
+        self.control.publish(self.daemon, self.daemon.reporter.said)
+        return self.last_pass
 
     def _pass(self) -> float:
         """One pass; returns the seconds until the next one."""
         poll = self.daemon.config.agent.poll_interval
-        if self.daemon.reconcile():
+        if self._reconcile():
             self.failures = 0
             return poll
         self.failures += 1
         return min(poll, 2.0 ** (self.failures - 1))
 
+    def _reload(self) -> None:
+        # the callers waiting now are answered by this reload: listed after the flag is
+        # cleared, so that one whose signal comes later gets the next
+        self.reload_requested = False
+        waiting = self.control.waiting("reload")
+        d = self.daemon
+        taken = d.reload()
+        self.control.dirty = True
+        self.control.answer(waiting, {"taken": True, "path": d.config.path} if taken else
+                            {"taken": False, "error": d.reload_error})
+
     def run(self) -> int:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         d = self.daemon
+        d.firewall_changed = self._firewall_changed
         if d.firewall is not None:
+            d.firewall.on_status = self._firewall_changed
             d.firewall.start()
+        d.start_notifiers()
+        self.control.start()
+        try:
+            return self._loop()
+        finally:
+            signal.set_wakeup_fd(-1)
+            d.stop_notifiers()
+            self.control.stop()
+
+    def _firewall_changed(self) -> None:
+        self.control.dirty = True  # published after the next pass
+
+    def _loop(self) -> int:
+        d = self.daemon
         d.log.info("started", pid=os.getpid(), interfaces=",".join(i.name for i in d.config.interfaces) or "-",
                    poll_interval=d.config.agent.poll_interval)
         next_poll = 0.0
         frozen = False
+        answer_after_pass: list[str] = []  # FIFOs of `reconcile` callers
         while self.stop_signal is None:
             if self.reload_requested:
-                self.reload_requested = False
-                d.reload()
+                self._reload()
+                next_poll = 0.0
+            if self.reconcile_requested:
+                self.reconcile_requested = False
+                answer_after_pass += self.control.waiting("reconcile")
+                d.reconciler.dirty = True  # read the kernel again, as a resync does
+                if d.firewall is not None:
+                    d.firewall.nudge()
                 next_poll = 0.0
             now = time.monotonic()
             if now >= next_poll:
                 next_poll = now + self._pass()
+                if answer_after_pass:
+                    self.control.answer(answer_after_pass, {"done": True, "pass": self.last_pass.name.lower()})
+                    answer_after_pass = []
                 if not frozen:
                     settle_gc()
                     frozen = True
@@ -246,10 +333,9 @@ class Runner:
                 if self._events_changed() and not self.failures:
                     # while passes fail, the backoff decides when the next one runs
                     d.reconciler.dirty = True
-                    if not d.reconcile():
+                    if not self._reconcile():
                         self.failures = 1
                         next_poll = min(next_poll, time.monotonic() + 1.0)
-        signal.set_wakeup_fd(-1)
         return 0 if d.stop(signal.Signals(self.stop_signal).name) else 1
 
     def _events_changed(self) -> bool:

@@ -305,6 +305,23 @@ def render(sections: list[Section]) -> str:
     return uci.render([uci.UciSection(s.type, s.name, 0, 0, s.as_dict()) for s in sections])
 
 
+def status_entry(transport: str | None, sections=(), error: str | None = None, warnings=None) -> dict:
+    """The "firewall" entry of the status document (status.py): the owned sections,
+    each "ok", "missing", "differs" or "stale"."""
+    out = {"transport": transport, "sections": list(sections), "error": error}
+    if warnings is not None:
+        out["warnings"] = list(warnings)
+    return out
+
+
+def section_states(desired: list[Section], owned: dict, p: Plan) -> list[dict]:
+    differ = {s.name for s in p.create + p.retype} | {s.name for s, _, _ in p.update}
+    out = [{"name": s.name, "type": s.type,
+            "state": "missing" if s.name not in owned else "differs" if s.name in differ else "ok"}
+           for s in desired]
+    return out + [{"name": n, "type": owned[n][0], "state": "stale"} for n in p.delete]
+
+
 class FirewallSync:
     """Keeps the firewall sections in step, in a thread of its own: the route loop
     never waits on ubus. Woken at start, on reload and every RESYNC seconds; a
@@ -327,6 +344,10 @@ class FirewallSync:
         self.state = ""  # last logged state: "synced", "unavailable", "pending", "failed: ..."
         self.warned: tuple = ()  # the zone warnings last logged
         self.written: set[str] = set()  # names seen in step: a missing one is a restore
+        # the status document's "firewall" entry as of the last pass, replaced whole (the
+        # route loop reads it); on_status: called from this thread when it changes
+        self.status: dict | None = None
+        self.on_status = None
         self.thread = threading.Thread(target=self._run, name="firewall", daemon=True)
 
     def start(self):
@@ -341,6 +362,12 @@ class FirewallSync:
         self.stopping = True
         self.wake.set()
         self.thread.join(timeout=5)
+
+    def _set_status(self, entry: dict):
+        if entry != self.status:
+            self.status = entry
+            if self.on_status is not None:
+                self.on_status()
 
     def _state(self, state: str, level: str = "info", **fields):
         if state != self.state:
@@ -359,16 +386,19 @@ class FirewallSync:
                 client = client or self.connect(socket)
                 if client is None:
                     if self.config.zones or self.config.nats:
+                        self._set_status(status_entry(None, error="no ubus here"))
                         self._state("unavailable", "warning", detail="no ubus here (python3-ubus or the ubus "
                                     "command): firewall sections not written; routes keep working")
                 else:
                     self.sync_once(client)
                     failures = 0
             except ForeignPending as e:
+                self._set_status(status_entry(client.name, error=str(e)))
                 self._state("pending", "warning", detail=str(e), action="retrying later")
                 wait = self.BACKOFF[min(failures, len(self.BACKOFF) - 1)]
                 failures += 1
             except OSError as e:
+                self._set_status(status_entry(client.name if client else None, error=str(e)))
                 self._state(f"failed: {e}", "warning", error=str(e), action="retrying with backoff")
                 wait = self.BACKOFF[min(failures, len(self.BACKOFF) - 1)]
                 failures += 1
@@ -398,5 +428,8 @@ class FirewallSync:
             self.log.info("firewall_committed", created=",".join(result.created) or "-",
                           updated=",".join(result.updated) or "-", deleted=",".join(result.deleted) or "-")
         self.written = set(result.written)
+        types = {s.name: s.type for s in desired_sections(self.config)}
+        self._set_status(status_entry(client.name, [{"name": n, "type": types.get(n, ""), "state": "ok"}
+                                                    for n in result.written], warnings=result.warnings))
         self._state("synced", sections=len(result.written))
         return result

@@ -5,19 +5,23 @@ A router logs into a 64 KiB ring buffer (logd): a state that persists across pas
 said when it starts and when it changes, never on every poll. `Once` is the one
 helper for that; the Reporter keeps one per subject. The idle file is here too: it
 is what the daemon tells `wgagent status` (the one verdict the kernel cannot give).
+
+Peer and route changes are said to the notifiers too (ubus events, hotplug
+scripts): each is called as notifier(event, fields) after the log lines, with the
+same changes and the same burst summaries (peer_up / peers_up ...), fields being
+plain data: see peer_note() and route notes in changes(). A notifier only queues.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import stat
 
 from . import log as log_mod
+from . import rundir
 from .policy import IDLE, Desired, PeerVerdict, handshake_age
 
 BURST = 20  # more changes of one kind in one pass than this: one summary line (see lines())
-RUN_DIR = os.environ.get("WGAGENT_RUN_DIR", "/var/run/wgagent")
 
 _NOTHING = object()
 
@@ -58,6 +62,39 @@ def _age(age: float | None) -> str:
     return "never" if age is None else f"{age:.0f}s"
 
 
+def peer_note(v: PeerVerdict, reason: str = "") -> dict:
+    """What notifiers hear of a peer change: whole keys and lists, not log text.
+    prefixes: the routes the peer has while up (for a peer that went down, the ones
+    it had)."""
+    return {"interface": v.interface, "peer": v.peer.public_key, "description": v.description,
+            "reason": reason or v.reason, "endpoint": v.peer.endpoint or "",
+            "prefixes": [r.prefix for r in v.routes]}
+
+
+class _Counting:
+    """The log, counting the lines said at info and above: each is a change of
+    state, so whatever the daemon publishes of its state is stale (control.py)."""
+
+    def __init__(self, log):
+        self._log = log
+        self.count = 0
+
+    def __getattr__(self, name):
+        return getattr(self._log, name)
+
+    def info(self, *args, **kw):
+        self.count += 1
+        return self._log.info(*args, **kw)
+
+    def warning(self, *args, **kw):
+        self.count += 1
+        return self._log.warning(*args, **kw)
+
+    def error(self, *args, **kw):
+        self.count += 1
+        return self._log.error(*args, **kw)
+
+
 def peer_fields(v: PeerVerdict) -> dict:
     return {"iface": v.interface, "peer": v.label, "endpoint": v.peer.endpoint or "-",
             "handshake_age": _age(v.handshake_age), "reason": v.reason,
@@ -67,6 +104,7 @@ def peer_fields(v: PeerVerdict) -> dict:
 class Reporter:
     def __init__(self, log, table_name):
         self.log = log
+        self.notifiers: list = []  # called with (event, fields) after the log lines (see lines())
         self.table_name = table_name  # number -> name from rt_tables
         self.up: dict[tuple[str, str], PeerVerdict] = {}  # peers said to be up
         self.interfaces = Once()  # name -> error ("" when readable)
@@ -82,27 +120,55 @@ class Reporter:
 
     # --- one line per change; bursts summed up
 
-    def lines(self, lines: list[tuple[str, dict]]) -> None:
-        """One info line per change; but a burst (a hub starting with thousands of
-        peers) is summed up in one line per kind and interface, with the lines each
-        at debug: logread's ring buffer is 64 KiB on a default OpenWrt, and 10,000
-        lines would wipe it (and cost seconds to write)."""
+    @property
+    def log(self):
+        return self._log
+
+    @log.setter
+    def log(self, log):
+        self._log = _Counting(log)
+
+    @property
+    def said(self) -> int:
+        """How many lines (info and above) have been said so far."""
+        return self._log.count
+
+    def lines(self, lines: list[tuple[str, dict, dict | None]]) -> None:
+        """(event, log fields, notifier fields or None) per change. One info line per
+        change; but a burst (a hub starting with thousands of peers) is summed up in
+        one line per kind and interface, with the lines each at debug: logread's ring
+        buffer is 64 KiB on a default OpenWrt, and 10,000 lines would wipe it (and
+        cost seconds to write). The notifiers hear the same: each change, or each
+        summary (event peers_up ..., fields interface, count, first)."""
         if len(lines) <= BURST:
-            for event, fields in lines:
+            for event, fields, _ in lines:
                 self.log.info(event, **fields)
+            self._notify([(event, note) for event, _, note in lines if note is not None])
             return
         if log_mod.enabled("debug"):
-            for event, fields in lines:
+            for event, fields, _ in lines:
                 self.log.debug(event, **fields)
-        groups: dict[tuple[str, str], list[dict]] = {}
-        for event, fields in lines:
-            groups.setdefault((event, fields.get("iface", "")), []).append(fields)
+        groups: dict[tuple[str, str], list] = {}
+        for line in lines:
+            groups.setdefault((line[0], line[1].get("iface", "")), []).append(line)
+        summaries = []
         for (event, iface), group in groups.items():
-            who = [f.get("peer") or f.get("owner", "-") for f in group]
+            who = [f.get("peer") or f.get("owner", "-") for _, f, _ in group]
             summary = {"iface": iface} if iface else {}
             summary.update(count=len(group), first=",".join(who[:5]) + (",…" if len(who) > 5 else ""),
                            detail="one line each at log_level debug")
-            self.log.info(event.replace("_", "s_", 1), **summary)  # peer_up -> peers_up
+            name = event.replace("_", "s_", 1)  # peer_up -> peers_up
+            self.log.info(name, **summary)
+            notes = [note for _, _, note in group if note is not None]
+            if notes:
+                first = [n["prefixes"][0] if event.startswith("route") else n["peer"] for n in notes[:5]]
+                summaries.append((name, {"interface": iface, "count": len(notes), "first": first}))
+        self._notify(summaries)
+
+    def _notify(self, notes: list[tuple[str, dict]]) -> None:
+        for notifier in self.notifiers:
+            for event, fields in notes:
+                notifier(event, fields)
 
     # --- peers
 
@@ -118,7 +184,7 @@ class Reporter:
                 key = (v.interface, v.peer.public_key)
                 now_up[key] = v
                 if key not in was_up:
-                    lines.append(("peer_up", peer_fields(v)))
+                    lines.append(("peer_up", peer_fields(v), peer_note(v)))
             elif v.reason == IDLE:
                 idle.add((v.interface, v.peer.public_key))
         self.idle.write(idle, self.log)
@@ -130,11 +196,13 @@ class Reporter:
                 if v.interface in kept:
                     now_up[key] = v  # unreadable this time: keep what we knew
                 elif key in seen:
-                    lines.append(("peer_down", peer_fields(seen[key])))
+                    now = seen[key]
+                    lines.append(("peer_down", peer_fields(now),
+                                  dict(peer_note(v, now.reason), endpoint=now.peer.endpoint or "")))
                 else:
-                    lines.append(("peer_down", {"iface": v.interface, "peer": v.label,
-                                                "reason": "peer-removed" if v.interface in present
-                                                else "interface-gone"}))
+                    reason = "peer-removed" if v.interface in present else "interface-gone"
+                    lines.append(("peer_down", {"iface": v.interface, "peer": v.label, "reason": reason},
+                                  peer_note(v, reason)))
         self.up = now_up
         self.lines(lines)
 
@@ -245,12 +313,17 @@ class Reporter:
         lines = []
         for (event, iface, owner), items in done.items():
             fields = {"iface": iface} if iface else {}
+            note = None
             if event.startswith("route"):
                 fields["prefixes"] = ",".join(r.prefix + (f" via {r.gateway}" if r.gateway else "") for r in items)
                 fields["table"] = self.table_name(items[0].table)
+                note = {"interface": iface, "action": event[len("route_"):], "prefixes": [r.prefix for r in items],
+                        "table": fields["table"], "peer": ""}
             else:
                 fields["rules"] = "; ".join(r.describe() for r in items)
             v = verdicts.get(owner)
+            if note is not None and v is not None:
+                note["peer"] = v.peer.public_key
             if v is not None:
                 # from the clocks, not v.handshake_age: a verdict kept from an earlier
                 # poll (policy.desired_state) carries the age it had then
@@ -264,7 +337,7 @@ class Reporter:
                 fields.update(reason="not-wanted")
             else:
                 fields.update(owner=owner)
-            lines.append((event, fields))
+            lines.append((event, fields, note))
         self.lines(lines)
 
 
@@ -286,18 +359,15 @@ def owner(item, desired: Desired, previous: Desired) -> str:
 def idle_state_path() -> str:
     """Where the daemon of this network namespace says which peers it holds idle.
     Idleness is the one verdict the kernel cannot tell (it needs the rx history), so
-    `wgagent status` reads it from here; one file per network namespace, so that two
-    daemons on one host (the demo's routers) never share one."""
-    return os.path.join(RUN_DIR, f"idle-{os.stat('/proc/self/ns/net').st_ino}.json")
+    `wgagent status` reads it from here (rundir: one file per network namespace)."""
+    return rundir.path("idle", ".json")
 
 
 def read_idle_state() -> set[tuple[str, str]]:
     """(interface, public key) of the peers the running daemon holds idle; empty when
     no daemon runs here (its file is gone, or its pid is not alive)."""
     try:
-        fd = os.open(idle_state_path(), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        with os.fdopen(fd) as f:
-            state = json.load(f)
+        state = json.loads(rundir.read(idle_state_path()))
         os.kill(state["pid"], 0)
         return {(iface, key) for iface, key in state["idle"]}
     except (OSError, ValueError, KeyError, TypeError):
@@ -305,11 +375,8 @@ def read_idle_state() -> set[tuple[str, str]]:
 
 
 class IdleFile:
-    """The idle file, written only when its content changes. Written as root into a
-    directory anybody may look at (/var/run), so: a 0700 directory of ours, a unique
-    temporary name opened O_EXCL|O_NOFOLLOW, then rename(2), which replaces a symlink
-    at the destination instead of following it. (Not tempfile.mkstemp: its import
-    pulls in random and shutil, memory the daemon has no other use for.)"""
+    """The idle file, written (rundir.write: private, atomic) only when its content
+    changes."""
 
     def __init__(self):
         self.written: set | None = None  # what the file holds; None: nothing written yet
@@ -319,39 +386,12 @@ class IdleFile:
             return
         path = idle_state_path()
         try:
-            directory = _private_dir(os.path.dirname(path))
-            tmp = os.path.join(directory, f".idle-{os.getpid()}-{os.urandom(6).hex()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            try:
-                with os.fdopen(fd, "w") as f:
-                    json.dump({"pid": os.getpid(), "idle": sorted(idle)}, f)
-                os.replace(tmp, path)
-            except BaseException:
-                os.unlink(tmp)
-                raise
+            rundir.write(path, json.dumps({"pid": os.getpid(), "idle": sorted(idle)}))
         except OSError as e:
             log.warning("state_write_failed", path=path, error=str(e))
         self.written = idle  # after a failure too: status then misses idleness; not worth a line per poll
 
     def remove(self) -> None:
         if self.written is not None:
-            try:
-                os.unlink(idle_state_path())
-            except OSError:
-                pass
+            rundir.remove(idle_state_path())
             self.written = None
-
-
-def _private_dir(path: str) -> str:
-    """path as a real directory of ours with mode 0700; OSError if something else
-    stands there (a symlink, a file, a directory of another user)."""
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
-        raise OSError(f"{path} is not a directory owned by uid {os.geteuid()}")
-    if stat.S_IMODE(st.st_mode) != 0o700:
-        os.chmod(path, 0o700)
-    return path

@@ -27,6 +27,16 @@ purge is uci.c's) and libubox 1aa36ee (uloop.c), function by function:
 - Missing ubus_rpc_session (or not a string): INVALID_ARGUMENT; an unknown one:
   NOT_FOUND.
 
+- What a login grants (rpc_login_setup_acls, setup_acls() here, without the login
+  call itself): every /usr/share/rpcd/acl.d/*.json in glob order, each a JSON
+  object of access groups; per group only "read" and "write" (tables) count, each
+  only if the login's list of that name allows the group (rpc_login_test_permission:
+  fnmatch patterns, "!pattern" denying first, write implying read); in it each scope
+  is either a table of object -> [function, ...] (strings only) granting those, or
+  an array of objects granting each with the permission's name as function; every
+  scope granted also grants ("access-group", group, permission). A file that is no
+  JSON object is skipped ("Failed to parse").
+
 Left out: list without a session (rpcd answers once per session: the double's
 server gives one answer per call), set, get, unset and login (METHOD_NOT_FOUND here,
 unlike rpcd), and freeze/thaw across an rpcd SIGHUP (rpc_session_freeze keeps no
@@ -223,6 +233,61 @@ class RpcdSession:
             raise UbusStatus(PERMISSION_DENIED)
         self._destroy(self._sid(args))
         return None
+
+
+def setup_acls(sessions: RpcdSession, sid: str, acl_dir: str, login: dict[str, list[str]]) -> None:
+    """rpc_login_setup_acls for a login section whose lists are login["read"] and
+    login["write"] (rpcd's `config login` ... `list read '*'`)."""
+    import glob
+    import json
+
+    with sessions.lock:
+        ses = sessions.sessions[sid]
+        for path in sorted(glob.glob(os.path.join(acl_dir, "*.json"))):
+            try:
+                with open(path) as f:
+                    groups = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if not isinstance(groups, dict):
+                continue
+            for group, perms in groups.items():
+                if not isinstance(perms, dict):
+                    continue
+                for perm, scopes in perms.items():
+                    if perm not in ("read", "write") or not isinstance(scopes, dict):
+                        continue
+                    if not _login_allows(login, perm, group):
+                        continue
+                    for scope, objs in scopes.items():
+                        if isinstance(objs, dict):
+                            for obj, functions in objs.items():
+                                if isinstance(functions, list):
+                                    for fn in functions:
+                                        if isinstance(fn, str):
+                                            _grant(ses, scope, obj, fn)
+                        elif isinstance(objs, list):
+                            for obj in objs:
+                                if isinstance(obj, str):
+                                    _grant(ses, scope, obj, perm)
+                        _grant(ses, "access-group", group, perm)
+
+
+def _grant(ses: _Session, scope: str, obj: str, function: str) -> None:
+    have = ses.acls.setdefault(scope, [])
+    if (obj, function) not in have:
+        have.append((obj, function))
+
+
+def _login_allows(login: dict, perm: str, group: str) -> bool:
+    """rpc_login_test_permission."""
+    patterns = login.get(perm, [])
+    for p in patterns:
+        if p.startswith("!") and p[1:].strip() and fnmatch.fnmatchcase(group, p[1:].strip()):
+            return False
+    if any(p and not p.startswith("!") and fnmatch.fnmatchcase(group, p) for p in patterns):
+        return True
+    return perm == "read" and _login_allows(login, "write", group)
 
 
 def _allowed(ses: _Session, scope: str, obj: str, function: str) -> bool:
