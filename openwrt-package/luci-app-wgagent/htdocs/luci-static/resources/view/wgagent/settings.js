@@ -192,6 +192,11 @@ return view.extend({
 		o.placeholder = '180';
 		o.validate = function(section_id, value) { return wgv.above(value, 0); };
 
+		o = secondsOption(s, 'hotplug_timeout', _('Hotplug timeout'),
+			_('Seconds each script in /etc/hotplug.d/wgagent may run before it is killed (> 0).'), 3600);
+		o.placeholder = '10';
+		o.validate = function(section_id, value) { return wgv.above(value, 0); };
+
 		o = s.option(form.Flag, 'keep_routes_on_stop', _('Keep routes on stop'));
 		o.default = '0';
 
