@@ -32,7 +32,6 @@ import os
 import queue
 import signal
 import subprocess
-import tempfile
 import threading
 
 from . import ubus
@@ -218,30 +217,40 @@ class Hotplug(Worker):
             self.run(script, base)
 
     def run(self, script: str, env: dict) -> None:
-        with tempfile.TemporaryFile() as err:
+        # stderr into an anonymous in-memory file, not a pipe: a child the script left
+        # in the background may hold a pipe open long after the script is done (and
+        # memfd, not tempfile, whose import costs memory the daemon has no other use for)
+        err = os.memfd_create("wgagent-hotplug-stderr", os.MFD_CLOEXEC)
+        try:
+            self._script(script, env, err)
+        finally:
+            os.close(err)
+
+    def _script(self, script: str, env: dict, err: int) -> None:
+        try:
+            # a session of its own: at the limit the whole group goes, children included
+            p = subprocess.Popen([SHELL, "-c", SOURCE, script], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=err, env=env, cwd="/",
+                                 start_new_session=True)
+        except OSError as e:
+            self.log.warning("hotplug_failed", script=script, action=env["ACTION"], error=str(e))
+            return
+        self.running = p
+        try:
+            code = p.wait(self.timeout)
+        except subprocess.TimeoutExpired:
             try:
-                # a session of its own: at the limit the whole group goes, children included
-                p = subprocess.Popen([SHELL, "-c", SOURCE, script], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=err, env=env, cwd="/",
-                                     start_new_session=True)
-            except OSError as e:
-                self.log.warning("hotplug_failed", script=script, action=env["ACTION"], error=str(e))
-                return
-            self.running = p
-            try:
-                code = p.wait(self.timeout)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.wait()
-                self.log.warning("hotplug_timeout", script=script, action=env["ACTION"],
-                                 peer=env.get("PEER", "-"), limit=f"{self.timeout:g}s",
-                                 detail="killed (its process group) at hotplug_timeout; the next script runs")
-                return
-            if code != 0:
-                err.seek(0)
-                tail = err.read().decode(errors="replace")[-self.STDERR_TAIL:].strip()
-                self.log.warning("hotplug_failed", script=script, action=env["ACTION"], peer=env.get("PEER", "-"),
-                                 status=code if code >= 0 else f"signal {-code}", stderr=tail or "-")
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+            self.log.warning("hotplug_timeout", script=script, action=env["ACTION"],
+                             peer=env.get("PEER", "-"), limit=f"{self.timeout:g}s",
+                             detail="killed (its process group) at hotplug_timeout; the next script runs")
+            return
+        if code != 0:
+            size = os.lseek(err, 0, os.SEEK_END)
+            os.lseek(err, max(0, size - self.STDERR_TAIL), os.SEEK_SET)
+            tail = os.read(err, self.STDERR_TAIL).decode(errors="replace").strip()
+            self.log.warning("hotplug_failed", script=script, action=env["ACTION"], peer=env.get("PEER", "-"),
+                             status=code if code >= 0 else f"signal {-code}", stderr=tail or "-")

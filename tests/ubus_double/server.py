@@ -179,7 +179,16 @@ class UbusDouble:
             return {"status": e.status, "data": None}
 
     def close(self):
+        # shut down before closing: a thread blocked in accept() on a plain close()d
+        # socket stays blocked on its fd number, and once a new socket (the next
+        # test's double) gets that number it would accept that socket's clients and
+        # answer them from this double's objects
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
+        self.thread.join(5)
         for conn in list(self.conns):
             try:
                 conn.shutdown(socket.SHUT_RDWR)
