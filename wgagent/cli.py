@@ -65,7 +65,7 @@ def gather_status(cfg) -> dict:
     import time
 
     from .observer import Observer
-    from .policy import IDLE, desired_rules, desired_state
+    from .policy import IDLE, conflicting, desired_rules, desired_state
     from .reporter import read_idle_state
     from .rtnl import Rtnl
     from .wgsource import PeerSources
@@ -102,9 +102,11 @@ def gather_status(cfg) -> dict:
                 "rules": [r.describe() for r in v.rules if r in view.rules],
             })
         out["interfaces"].append(entry)
+    held = conflicting({r for v in desired.verdicts for r in v.routes}, view.foreign,
+                       lambda name: cfg.interface(name).yield_to if cfg.interface(name) else frozenset())
     for v in desired.verdicts:
         for r in v.routes:
-            proto = view.foreign.get(r.slot)
+            proto = held.get(r.slot)
             if proto is not None:
                 out["conflicts"].append({"interface": v.interface, "prefix": r.prefix,
                                          "table": config_mod.table_name(r.table, cfg.tables), "proto": proto})

@@ -20,7 +20,7 @@ from . import log as log_mod
 from . import ubus
 from .config import Config, ConfigError
 from .observer import Observer
-from .policy import Desired, PlanMemo, desired_rules, desired_state, track_activity
+from .policy import Desired, PlanMemo, desired_rules, desired_state, outranked, track_activity
 from .reconciler import Reconciler
 from .reporter import Reporter
 from .rtnl import RtnlEvents
@@ -35,7 +35,8 @@ class Daemon:
         self.clock, self.mono = clock, mono
         self.log = log_mod.get()
         self.observer = Observer(config, rtnl, sources)
-        self.reporter = Reporter(self.log, lambda num: config_mod.table_name(num, self.config.tables))
+        self.reporter = Reporter(self.log, lambda num: config_mod.table_name(num, self.config.tables),
+                                 lambda num: config_mod.proto_name(num, self.config.protos))
         self.reconciler = Reconciler(rtnl, self.reporter)
         self.activity: dict = {}  # rx and handshake history per peer (policy.track_activity)
         self.plans = PlanMemo()
@@ -57,17 +58,8 @@ class Daemon:
         self.reporter.read_ok("links")
         self.reporter.interface_states(states)
         self.activity = track_activity(self.activity, states, mono, wall)
-        keep: set[str] = set()
-        if self.config.agent.enabled:
-            desired = desired_state(self.config, states, wall, self.activity, mono, self.plans)
-            keep = desired.frozen - self._released(states, mono)
-            # an interface unreadable this pass keeps what we knew of its peers (routes and rules stay)
-            desired.verdicts += [v for v in self.last_desired.verdicts if v.interface in keep]
-            self.reporter.skipped_routes(desired.skipped)
-        else:
-            desired = Desired()
-        self.reporter.peers(desired, {s.name for s in states if s.backend}, keep)
         r = self.reconciler
+        # the kernel before the decision: other routers' claims on our peers are in it
         if r.dirty or mono - r.view.read_at >= RESYNC_SECONDS:
             try:
                 r.seen(self.observer.kernel(links, mono))
@@ -76,10 +68,23 @@ class Daemon:
                 r.dirty = True
                 return False
             self.reporter.read_ok("kernel")
+        keep: set[str] = set()
+        if self.config.agent.enabled:
+            desired = desired_state(self.config, states, wall, self.activity, mono, self.plans,
+                                    r.view.foreign, self.last_desired.moved)
+            keep = desired.frozen - self._released(states, mono)
+            # an interface unreadable this pass keeps what we knew of its peers (routes and rules stay)
+            desired.verdicts += [v for v in self.last_desired.verdicts if v.interface in keep]
+            desired.moved.update((k, m) for k, m in self.last_desired.moved.items() if k[0] in keep)
+            self.reporter.skipped_routes(desired.skipped)
+        else:
+            desired = Desired()
+        self.reporter.peers(desired, {s.name for s in states if s.backend}, keep)
         if self.config.agent.enabled:
             self.reporter.path_problems(desired_rules(self.config, desired, r.view.paths))
             self.reporter.path_states(r.view.paths)
-        plan, rule_plan = r.plan(desired, keep)
+        self.reporter.route_outranked(outranked(desired.routes, r.view.foreign, self.yield_to))
+        plan, rule_plan = r.plan(desired, keep, self.yield_to)
         self.reporter.route_conflicts(plan.conflicts)
         self.reporter.devices_down({x.ifname for x in plan.add if x.ifname in links and not links[x.ifname].up},
                                    links)
@@ -94,6 +99,11 @@ class Daemon:
         self.reporter.read_ok("apply")
         self.reporter.changes(done, desired, previous, wall, self.activity, mono)
         return not r.dirty
+
+    def yield_to(self, ifname: str) -> frozenset:
+        """The protocols an interface's routes go beside (none for a return path's device)."""
+        iface = self.config.interface(ifname)
+        return iface.yield_to if iface is not None else frozenset()
 
     def _released(self, states, mono: float) -> set[str]:
         """Interfaces unreadable for longer than handshake_timeout. Until then their
