@@ -20,13 +20,15 @@ from . import log as log_mod
 from . import ubus
 from .config import Config, ConfigError
 from .observer import Observer
+from .model import AF_INET, AF_INET6
 from .policy import Desired, PlanMemo, desired_rules, desired_state, outranked, track_activity
 from .reconciler import Reconciler
 from .reporter import Reporter
-from .rtnl import RtnlEvents
+from .rtnl import Changes, Interest, RtnlEvents
 
 RESYNC_SECONDS = 30.0
 SETTLE_SECONDS = 0.02  # after an event, let a burst (netifd flushing a device) arrive
+FULL_READ_SPACING = 0.1  # at least this long between two full reads of the kernel that events ask for
 
 
 class Daemon:
@@ -43,6 +45,8 @@ class Daemon:
         self.last_desired = Desired()
         self.unreadable_since: dict[str, float] = {}  # interface -> monotonic time it became unreadable
         self.firewall = None  # a firewall.FirewallSync, when want_firewall() starts one
+        self.interest: Interest | None = None  # what the event filter lets through (None: everything)
+        self._interest_key = None
 
     # --- one pass
 
@@ -89,6 +93,7 @@ class Daemon:
         self.reporter.devices_down({x.ifname for x in plan.add if x.ifname in links and not links[x.ifname].up},
                                    links)
         previous, self.last_desired = self.last_desired, desired
+        self.interest = self._interest(links)
         if not (plan or rule_plan):
             return True
         try:
@@ -104,6 +109,26 @@ class Daemon:
         """The protocols an interface's routes go beside (none for a return path's device)."""
         iface = self.config.interface(ifname)
         return iface.yield_to if iface is not None else frozenset()
+
+    def _interest(self, links) -> Interest:
+        """What the event filter lets through (rtnl.classify): rebuilt only when the
+        config, the peers' plans, the return paths' devices or the links change."""
+        cfg = self.config
+        paths = tuple(p.device for p in self.reconciler.view.paths if p.device)
+        by_index = {link.index: name for name, link in links.items()}  # tens of links
+        key = (self.plans.generation, paths, by_index)  # a new config starts a new generation
+        if key == self._interest_key:
+            return self.interest
+        self._interest_key = key
+        slots = frozenset(r.slot for plan in self.plans.plans.values() for r in plan.routes)
+        names = frozenset(i.name for i in cfg.interfaces) | frozenset(paths) | \
+            frozenset(rp.device for rp in cfg.return_paths if rp.device)
+        return Interest(slots, frozenset((AF_INET6 if ":" in dst else AF_INET, plen) for _, dst, plen in slots),
+                        frozenset(rp.table for rp in cfg.return_paths),
+                        frozenset(links[n].index for n in paths if n in links), names,
+                        frozenset(links[n].index for n in names if n in links), by_index,
+                        any(rp.network for rp in cfg.return_paths),
+                        frozenset().union(*(i.yield_to for i in cfg.interfaces)))
 
     def _released(self, states, mono: float) -> set[str]:
         """Interfaces unreadable for longer than handshake_timeout. Until then their
@@ -229,6 +254,7 @@ class Runner:
         d.log.info("started", pid=os.getpid(), interfaces=",".join(i.name for i in d.config.interfaces) or "-",
                    poll_interval=d.config.agent.poll_interval)
         next_poll = 0.0
+        event_due = _NEVER  # when the pass that events asked for runs
         frozen = False
         while self.stop_signal is None:
             if self.reload_requested:
@@ -238,30 +264,49 @@ class Runner:
             now = time.monotonic()
             if now >= next_poll:
                 next_poll = now + self._pass()
+                event_due = _NEVER
                 if not frozen:
                     settle_gc()
                     frozen = True
                 continue
-            ready, _, _ = select.select([self.events, self._wake_r], [], [], next_poll - now)
+            if now >= event_due:
+                event_due = _NEVER
+                if not d.reconcile():
+                    self.failures = 1
+                    next_poll = min(next_poll, time.monotonic() + 1.0)
+                continue
+            ready, _, _ = select.select([self.events, self._wake_r], [], [], min(next_poll, event_due) - now)
             if self._wake_r in ready:
                 _drain_pipe(self._wake_r)
             if self.events in ready:
                 time.sleep(SETTLE_SECONDS)
-                if self._events_changed() and not self.failures:
-                    # while passes fail, the backoff decides when the next one runs
-                    d.reconciler.dirty = True
-                    if not d.reconcile():
-                        self.failures = 1
-                        next_poll = min(next_poll, time.monotonic() + 1.0)
+                changes = self._events()
+                r = d.reconciler
+                if changes.routes:
+                    r.note(changes.routes, time.monotonic())
+                if changes.full:
+                    r.dirty = True
+                if changes and not self.failures:
+                    # while passes fail, the backoff decides when the next one runs. A
+                    # pass that must read the whole kernel runs at most every
+                    # FULL_READ_SPACING: a burst is one read, and a routing daemon's churn
+                    # in our slots cannot make the loop dump its tables back to back
+                    due = time.monotonic()
+                    if r.dirty:  # read_at is on the daemon's clock
+                        due += max(0.0, r.view.read_at + FULL_READ_SPACING - d.mono())
+                    event_due = min(event_due, due)
         signal.set_wakeup_fd(-1)
         return 0 if d.stop(signal.Signals(self.stop_signal).name) else 1
 
-    def _events_changed(self) -> bool:
+    def _events(self) -> Changes:
         try:
-            return self.events.drain()
+            return self.events.drain(self.daemon.interest)
         except OSError as e:  # the event socket failed: whatever happened, read everything again
             self.daemon.reporter.read_failed("events", e)
-            return True
+            return Changes(True, [])
+
+
+_NEVER = float("inf")
 
 
 # Collector thresholds once started. A poll allocates a few objects per peer (tuples of
