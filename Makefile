@@ -4,7 +4,7 @@
 
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
-APT_PKGS  := wireguard-tools wireguard-go iproute2 iputils-ping busybox-static shellcheck kmod qemu-system-x86 file python3-venv
+APT_PKGS  := wireguard-tools wireguard-go iproute2 iputils-ping busybox-static shellcheck kmod qemu-system-x86 file python3-venv bird2
 APT       := DEBIAN_FRONTEND=noninteractive apt-get
 PYTEST    ?= $(PY) -m pytest
 # Debian's python3 makes a venv only with python3-venv (ensurepip) installed
@@ -17,7 +17,7 @@ MKVENV     = python3 -m venv $(1) 2>/dev/null || { rm -rf $(1); echo ">> install
 deps: apt venv
 
 apt:
-	@missing=""; for t in wg wireguard-go ip ping busybox shellcheck depmod qemu-system-x86_64 file; do \
+	@missing=""; for t in wg wireguard-go ip ping busybox shellcheck depmod qemu-system-x86_64 file bird; do \
 		command -v $$t >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 		echo ">> installing $(APT_PKGS)"; \
