@@ -11,7 +11,7 @@ PYTEST    ?= $(PY) -m pytest
 MKVENV     = python3 -m venv $(1) 2>/dev/null || { rm -rf $(1); echo ">> installing python3-venv"; \
              $(APT) update -qq && $(APT) install -y -qq python3-venv >/dev/null && python3 -m venv $(1); }
 
-.PHONY: deps apt venv test test-kernel unit demo bench bench-kernel ipk feed-src install clean
+.PHONY: deps apt venv test test-kernel unit demo demo-mesh bench bench-mesh bench-kernel ipk feed-src install clean
 
 # apt first: the venv needs python3-venv on a fresh Debian 12
 deps: apt venv
@@ -60,6 +60,10 @@ unit: venv
 
 demo: deps
 	$(PY) demo/s1_roaming.py
+
+# three sites, BIRD 2 (Babel) carrying the phone between them (README "Many sites")
+demo-mesh: deps
+	$(PY) demo/mesh_roaming.py
 
 # convergence, scale and footprint against hand-written baselines; writes bench/RESULTS.md
 bench: deps

@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import textwrap
 import time
 
@@ -257,18 +258,31 @@ class Pings:
         with open(self.files[key]) as f:
             return f.read().splitlines()
 
-    def replies(self, key) -> list[tuple[float, int]]:
-        """(wall-clock time the request was sent, icmp_seq) of each answer from the phone."""
-        out = []
+    def _requests(self, key) -> tuple[dict[int, float], dict[int, float]]:
+        """{icmp_seq: wall-clock send time} of the answered requests and of those ping
+        said had no answer yet when it sent the next one (-O; late or lost)."""
+        answered, missed = {}, {}
         for line in self._lines(key):
             m = re.match(r"\[(\d+\.\d+)\] \d+ bytes from \S+: icmp_seq=(\d+) .*time=([\d.]+) ms", line)
             if m:
-                out.append((float(m.group(1)) - float(m.group(3)) / 1000, int(m.group(2))))
-        return out
+                answered[int(m.group(2))] = float(m.group(1)) - float(m.group(3)) / 1000
+                continue
+            m = re.match(r"\[(\d+\.\d+)\] no answer yet for icmp_seq=(\d+)", line)
+            if m:
+                missed[int(m.group(2))] = float(m.group(1)) - self.INTERVAL
+        return answered, missed
 
     def answered_since(self, key, since: float) -> float | None:
-        """When the first request sent after `since` (wall clock) that got an answer was sent."""
-        return next((t for t, _ in self.replies(key) if t >= since), None)
+        """When the host had answers again after `since` (wall clock): the send time of
+        the first request answered in time after the last one sent since then that was
+        not; `since` itself when none went unanswered; None while none is answered."""
+        answered, missed = self._requests(key)
+        late = [seq for seq, t in missed.items() if t >= since]
+        after = max(late) if late else -1
+        good = sorted((seq, t) for seq, t in answered.items() if t >= since and seq > after and seq not in missed)
+        if not good:
+            return None
+        return since if not late else good[0][1]
 
     def loops(self) -> list[str]:
         return [f"h{i}/IPv{fam}: {line}" for (i, fam) in self.files for line in self._lines((i, fam))
@@ -279,5 +293,119 @@ class Pings:
             lab.stop(p)
 
 
-__all__ = ["BIRD_BABEL", "BIRD_OSPF", "Bird", "Mesh", "PHONE4", "PHONE6", "POOL4", "POOL6", "Pings", "SITES",
-           "lan4", "lan6", "missing_bird", "tunnel", "tunnel_addr"]
+class RouteWatch:
+    """The routes for the phone in each router's kernel, as rtnetlink announces them:
+    a small listener per router namespace (kept by PID, ended by the lab) prints every
+    RTM_NEWROUTE and RTM_DELROUTE for the phone's two host prefixes with the time it
+    was read. `settled(i, to, since)` says when, after `since`, op<i> last started
+    routing the phone the right way for a phone at op<to> (wgagent's routes at op<to>;
+    elsewhere none of wgagent's and BIRD's via the tunnel to op<to>, both families)."""
+
+    CODE = r"""
+import socket, struct, sys, time
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+s.setsockopt(socket.SOL_SOCKET, 33, 1 << 24)  # SO_RCVBUFFORCE
+s.bind((0, (1 << 6) | (1 << 10)))  # RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE
+WANT = {(2, 32, socket.inet_pton(2, sys.argv[1])), (10, 128, socket.inet_pton(10, sys.argv[2]))}
+print("ready", flush=True)
+while True:
+    data = s.recv(1 << 20)
+    t = time.time()
+    off, out = 0, []
+    while off + 16 <= len(data):
+        length, mtype = struct.unpack_from("=IH", data, off)
+        if length < 16:
+            break
+        if mtype in (24, 25):
+            fam, plen, _, _, _, proto, _, rtype = struct.unpack_from("=8B", data, off + 16)
+            a, dst, oif, metric = off + 28, b"", 0, 0
+            while a + 4 <= off + length:
+                alen, atype = struct.unpack_from("=HH", data, a)
+                if alen < 4:
+                    break
+                if atype == 1:
+                    dst = data[a + 4:a + alen]
+                elif atype == 4:
+                    oif = struct.unpack_from("=I", data, a + 4)[0]
+                elif atype == 6:
+                    metric = struct.unpack_from("=I", data, a + 4)[0]
+                a += (alen + 3) & ~3
+            if (fam, plen, dst) in WANT:
+                out.append(f"{t:.6f} {'new' if mtype == 24 else 'del'} {fam} {proto} {rtype} {metric} {oif}\n")
+        off += (length + 3) & ~3
+    if out:
+        sys.stdout.write("".join(out))
+        sys.stdout.flush()
+"""
+
+    def __init__(self, mesh: Mesh):
+        import threading
+
+        self.mesh = mesh
+        self.events: dict[int, list] = {i: [] for i in SITES}
+        self.lock = threading.Lock()
+        self.tunnel_index: dict[tuple[int, int], int] = {}
+        for i, r in mesh.op.items():
+            for j in SITES:
+                if j != i:
+                    self.tunnel_index[(i, j)] = int(r.run("cat", f"/sys/class/net/{tunnel(i, j)}/ifindex").stdout)
+            proc = r.popen(sys.executable, "-c", self.CODE, PHONE4, PHONE6, stdout=subprocess.PIPE, text=True)
+            assert proc.stdout.readline().strip() == "ready"
+            threading.Thread(target=self._read, args=(i, proc), daemon=True).start()
+        # what each kernel holds already: (family, proto, metric) -> oif, from `ip route`
+        self.initial = {i: self._now(i) for i in SITES}
+
+    def _now(self, i: int) -> dict:
+        """(family, protocol, metric) -> ifindex of the unicast routes for the phone now."""
+        held = {}
+        for fam, prefix in ((2, PHONE4), (10, PHONE6)):
+            for line in self.mesh.op[i].ip("-N", "-d", "route", "show", "table", "main", prefix).splitlines():
+                w = line.split()
+                if not w or w[0] not in ("unicast", "1"):  # -N: the type as a number too
+                    continue
+                held[(fam, int(w[w.index("proto") + 1]), int(w[w.index("metric") + 1]) if "metric" in w else 0)] = \
+                    int(self.mesh.op[i].run("cat", f"/sys/class/net/{w[w.index('dev') + 1]}/ifindex").stdout)
+        return held
+
+    def _read(self, i: int, proc) -> None:
+        for line in proc.stdout:
+            t, verb, fam, proto, rtype, metric, oif = line.split()
+            with self.lock:
+                self.events[i].append((float(t), verb, int(fam), int(proto), int(rtype), int(metric), int(oif)))
+
+    def _right(self, i: int, to: int, held: dict) -> bool:
+        for fam in (2, 10):
+            ours = any(f == fam and p == 152 for f, p, _ in held)
+            if i == to:
+                if not ours:
+                    return False
+            elif ours or not any(f == fam and p == 12 and oif == self.tunnel_index[(i, to)]
+                                 for (f, p, _), oif in held.items()):
+                return False
+        return True
+
+    def settled(self, i: int, to: int, since: float) -> float | None:
+        """When, not before `since`, op<i> began routing the phone right for a phone at
+        op<to> and has since; None while it does not."""
+        held = dict(self.initial[i])
+        right_since = float("-inf") if self._right(i, to, held) else None
+        with self.lock:
+            events = list(self.events[i])
+        for t, verb, fam, proto, rtype, metric, oif in events:
+            key = (fam, proto, metric)
+            if verb == "new" and rtype == 1:
+                held[key] = oif
+            else:
+                held.pop(key, None)
+            if not self._right(i, to, held):
+                right_since = None
+            elif right_since is None:
+                right_since = t
+        return None if right_since is None else max(right_since, since)
+
+    def routes_now(self, i: int) -> list[str]:
+        return self.mesh.routes_for_phone(i)
+
+
+__all__ = ["BIRD_BABEL", "BIRD_OSPF", "Bird", "Mesh", "PHONE4", "PHONE6", "POOL4", "POOL6", "Pings", "RouteWatch",
+           "SITES", "lan4", "lan6", "missing_bird", "tunnel", "tunnel_addr"]
