@@ -81,7 +81,7 @@ ipk: venv
 feed-src:
 	rm -rf openwrt-package/wgagent/src
 	mkdir -p openwrt-package/wgagent/src/init.d
-	cp -r wgagent setup.py pyproject.toml LICENSE openwrt-package/wgagent/src/
+	cp -r wgagent setup.py pyproject.toml LICENSE examples openwrt-package/wgagent/src/
 	cp init.d/wgagent openwrt-package/wgagent/src/init.d/
 	find openwrt-package/wgagent/src -name __pycache__ -prune -exec rm -rf {} +
 
@@ -99,6 +99,8 @@ install:
 	sed 's#/usr/local/bin/wgagent#$(PREFIX)/bin/wgagent#' systemd/wgagent.service \
 		> $(DESTDIR)/etc/systemd/system/wgagent.service
 	[ -e $(DESTDIR)/etc/wgagent/config.yaml ] || install -m 600 systemd/config.yaml $(DESTDIR)/etc/wgagent/config.yaml
+	install -d $(DESTDIR)$(PREFIX)/share/wgagent
+	install -m 644 examples/bird-babel.conf examples/bird-ospf.conf $(DESTDIR)$(PREFIX)/share/wgagent/
 	@echo "installed; now: systemctl daemon-reload && systemctl enable --now wgagent"
 
 clean:
