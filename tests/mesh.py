@@ -188,7 +188,10 @@ class Mesh:
         phone back. A phone on another network is not at its old address any more.
         Returns when op<i> saw the handshake (monotonic)."""
         self.port = getattr(self, "port", 40000) + 1
-        self.phone.run("wg", "set", "wgc", "listen-port", str(self.port), "peer", self.pool_key[1], "remove")
+        # the old session goes first: a packet from the new port would tell the old
+        # router (WireGuard roams a peer's endpoint to where its packets come from)
+        self.phone.run("wg", "set", "wgc", "peer", self.pool_key[1], "remove")
+        self.phone.run("wg", "set", "wgc", "listen-port", str(self.port))
         self.phone.wg_peer("wgc", self.pool_key[1], self.phone_nets, f"203.0.113.{i}:51820", keepalive=1)
         self.at = i
         try:
