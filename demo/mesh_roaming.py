@@ -23,7 +23,6 @@ end, also on Ctrl-C.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 
@@ -34,13 +33,9 @@ from tests.daemonctl import wait_for  # noqa: E402
 from tests.lab import Lab, kernel_wireguard_available, missing_requirements  # noqa: E402
 from tests.mesh import SITES, Mesh, Pings, RouteWatch, lan4, missing_bird  # noqa: E402
 
+from show import DIM, END, RED, result, run, step  # noqa: E402
+
 POLL, IDLE = 1.0, 20
-BOLD, DIM, GREEN, RED, END = ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m") if sys.stdout.isatty() \
-    else ("", "", "", "", "")
-
-
-def step(text: str):
-    print(f"\n{BOLD}== {text}{END}", flush=True)
 
 
 def show_routes(mesh: Mesh):
@@ -56,7 +51,6 @@ def main() -> int:
         print(f"demo-mesh needs: {why}", file=sys.stderr)
         return 2
     backend = "kernel" if kernel_wireguard_available() else "uapi"
-    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     failures = []
     with Lab("dm") as lab:
         step(f"Building three sites (WireGuard: {'kernel' if backend == 'kernel' else 'wireguard-go'}; "
@@ -74,6 +68,7 @@ def main() -> int:
         pings = Pings(mesh)
         print("   h1, h2, h3 ping the phone every 0.1 s, IPv4 and IPv6")
         route = [1, 2, 3, 1]
+        said: set[str] = set()  # peer_moved lines shown
         for n, to in enumerate(route):
             step(f"The phone connects to op{to}" + (f" (it was at op{route[n - 1]})" if n else ""))
             t0 = time.time()
@@ -95,9 +90,9 @@ def main() -> int:
             print("   routes for the phone:")
             show_routes(mesh)
             for i in SITES:
-                for line in mesh.agents[i].log().splitlines():
-                    if "event=peer_moved" in line and line not in getattr(mesh, "_said", set()):
-                        mesh.__dict__.setdefault("_said", set()).add(line)
+                for line in mesh.agents[i].events("peer_moved"):
+                    if line not in said:
+                        said.add(line)
                         print(f"   {DIM}[wgagent@op{i}] {line.split(' ', 1)[1].strip()}{END}")
         loops = pings.loops()
         if loops:
@@ -109,14 +104,8 @@ def main() -> int:
             a.stop()
         wait_for(lambda: not any(mesh.bird_routes(i) for i in SITES), 15, what="BIRD withdrawing the phone")
         show_routes(mesh)
-    step("Result: " + (f"{GREEN}every site reached the phone after every move{END}" if not failures
-                       else f"{RED}unexpected: {'; '.join(failures)}{END}"))
-    return 1 if failures else 0
+    return result("every site reached the phone after every move", failures)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted: namespaces and processes removed", file=sys.stderr)
-        sys.exit(130)
+    run(main)
