@@ -143,6 +143,9 @@ class Mesh:
                 r.add_wireguard(name, backend, keys[(i, j)][0], 51830 + j)
                 r.ip("addr", "add", tunnel_addr(i, j), "peer", tunnel_addr(j, i), "dev", name)
                 r.ip("addr", "add", f"fe80::{i}/64", "dev", name, "nodad")
+                # kernel WireGuard comes without IFF_MULTICAST (wireguard-go's tun has it):
+                # Babel's hellos go to ff02::1:6
+                r.ip("link", "set", name, "multicast", "on")
                 r.wg_peer(name, keys[(j, i)][1], ["0.0.0.0/0", "::/0"], f"203.0.113.{j}:{51830 + i}")
         self.pool_key, self.phone_key = genkey(), genkey()
         for i, r in self.op.items():

@@ -601,7 +601,9 @@ def outranked(kept: Iterable[Route], foreign: Mapping[tuple[int, str, int], tupl
     """Our routes beside a yield_to route whose metric is not above ours: theirs wins
     the lookup (an IPv6 metric 0 is 1024 in the kernel, BIRD's is 32), or, at the same
     metric, BIRD's IPv4 replace would overwrite ours (it does not check the protocol)."""
-    out = []
+    out: list[tuple[Route, Foreign]] = []
+    if not foreign:
+        return out
     for route in kept:
         for f in foreign.get(route.slot, ()):
             if f.proto in yield_to(route.ifname) and f.metric <= route.metric:
