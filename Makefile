@@ -4,20 +4,20 @@
 
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
-APT_PKGS  := wireguard-tools wireguard-go iproute2 iputils-ping busybox-static shellcheck kmod qemu-system-x86 file python3-venv bird2
+APT_PKGS  := wireguard-tools wireguard-go iproute2 iputils-ping busybox-static shellcheck kmod qemu-system-x86 file python3-venv nodejs bird2
 APT       := DEBIAN_FRONTEND=noninteractive apt-get
 PYTEST    ?= $(PY) -m pytest
 # Debian's python3 makes a venv only with python3-venv (ensurepip) installed
 MKVENV     = python3 -m venv $(1) 2>/dev/null || { rm -rf $(1); echo ">> installing python3-venv"; \
              $(APT) update -qq && $(APT) install -y -qq python3-venv >/dev/null && python3 -m venv $(1); }
 
-.PHONY: deps apt venv test test-kernel unit demo demo-mesh bench bench-mesh bench-kernel ipk feed-src install clean
+.PHONY: deps apt venv test test-kernel unit demo demo-mesh bench bench-mesh bench-kernel ipk luci-screenshot feed-src install clean
 
 # apt first: the venv needs python3-venv on a fresh Debian 12
 deps: apt venv
 
 apt:
-	@missing=""; for t in wg wireguard-go ip ping busybox shellcheck depmod qemu-system-x86_64 file bird; do \
+	@missing=""; for t in wg wireguard-go ip ping busybox shellcheck depmod qemu-system-x86_64 file node bird; do \
 		command -v $$t >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 		echo ">> installing $(APT_PKGS)"; \
@@ -81,6 +81,14 @@ bench-kernel: deps
 # wgagent_<version>-r<release>_all.ipk in dist/, built without the OpenWrt SDK
 ipk: venv
 	$(PY) tools/build_ipk.py dist
+
+# Status > wgagent rendered in headless Chromium (LuCI stand-in, recorded S1 answer) into
+# the README's picture; only this target needs chromium. tests/luci/record_status.py
+# (root, namespaces) re-records the answer.
+luci-screenshot:
+	@command -v chromium >/dev/null || { echo ">> installing chromium"; \
+		$(APT) update -qq && $(APT) install -y -qq --no-install-recommends chromium >/dev/null; }
+	python3 tests/luci/screenshot.py docs/luci-status.png
 
 # make openwrt-package/wgagent self-contained, to drop into an SDK feed
 feed-src:

@@ -193,12 +193,15 @@ def test_a_failure_at_each_call_site_skips_the_pass_says_it_once_and_recovers(wo
         return [kw for _, event, kw in w.log.lines
                 if event in ("read_failed", "apply_failed", "rule_add_failed", "rule_remove_failed")]
 
+    # a change the kernel refused is retried next pass (no backoff); a failed read or
+    # a failed socket skips the pass
+    expected = daemon_mod.Pass.REFUSED if site in ("add_rule", "delete_rule") else daemon_mod.Pass.FAILED
     w.clocks.step(1)
-    assert d.reconcile() is False
+    assert d.reconcile() == expected
     first = said()
     for _ in range(3):
         w.clocks.step(1)
-        assert d.reconcile() is False
+        assert d.reconcile() == expected
     assert said() == first, "said once per distinct error, not on every pass"
     # one line for a pass that could not read or apply; one per rule the kernel refused
     if site in ("add_rule", "delete_rule"):
@@ -220,7 +223,7 @@ def test_a_failure_mid_apply_leaves_the_view_dirty_and_the_next_pass_reads_again
     d = world.daemon()
     world.sources.peers["wg0"] = (peer(K1, "10.0.31.5/32", WALL0 - 5),)
     world.kernel.fail["apply_routes"] = errno.ENOBUFS
-    assert d.reconcile() is False and d.reconciler.dirty
+    assert d.reconcile() == daemon_mod.Pass.FAILED and d.reconciler.dirty
     del world.kernel.fail["apply_routes"]
     world.kernel.calls.clear()
     assert d.reconcile()
@@ -235,6 +238,20 @@ def test_backoff_doubles_to_the_poll_interval_and_resets(world):
     assert [runner._pass() for _ in range(6)] == [1, 2, 4, 5, 5, 5]
     del world.kernel.fail["links"]
     assert runner._pass() == 5 and runner.failures == 0
+
+
+def test_a_refused_change_is_retried_every_pass_without_backoff(world):
+    """A route the kernel keeps refusing (IPv6 disabled on the device) must not hold
+    back the others: the pass is not a failure, events are still handled at once."""
+    d = world.daemon(poll_interval=5)
+    runner = daemon_mod.Runner(d, events=None)
+    world.sources.peers["wg0"] = (peer(K1, "10.0.31.5/32", WALL0 - 5),)
+    real = world.kernel.apply_routes
+    world.kernel.apply_routes = lambda changes: [errno.EAFNOSUPPORT] * len(changes)
+    assert [runner._pass() for _ in range(3)] == [5, 5, 5] and runner.failures == 0
+    assert world.log.events("route_add_failed") and len(world.log.events("route_add_failed")) == 1
+    world.kernel.apply_routes = real
+    assert d.reconcile() == daemon_mod.Pass.WHOLE and world.routes() == {"10.0.31.5/32"}
 
 
 def test_a_programming_error_is_not_swallowed(world):

@@ -46,6 +46,12 @@ def feed(folder: str) -> dict:
 
 WGAGENT, STRUCTLOG = feed("wgagent"), feed("python-structlog")
 
+LUCI_NAME = "luci-app-wgagent"
+LUCI_DIR = os.path.join(FEED, LUCI_NAME)
+# luci.mk (openwrt/luci) and package-pack.mk: what the SDK makes of the LUCI_* variables
+LUCI = dict(re.findall(r"^([A-Z0-9_]+):=(.*)$", open(os.path.join(LUCI_DIR, "Makefile")).read(), re.M))
+LUCI["LUCI_MAINTAINER"] = LUCI["LUCI_MAINTAINER"].replace("$(PKG_MAINTAINER)", LUCI["PKG_MAINTAINER"])
+
 
 @pytest.fixture(scope="module")
 def ipks(tmp_path_factory):
@@ -611,8 +617,82 @@ def _install_section() -> str:
 
 
 def test_readme_install_lines_name_what_make_ipk_builds(ipks):
+    # wgagent and structlog in Install; the LuCI pages in the LuCI section
     line = next(ln for ln in _install_section().splitlines() if ln.strip().startswith("opkg install"))
-    assert sorted(line.split()[2:]) == sorted("./" + os.path.basename(p) for p in ipks.values())
+    assert sorted(line.split()[2:]) == sorted("./" + os.path.basename(p) for n, p in ipks.items() if n != LUCI_NAME)
+    luci = open(os.path.join(ROOT, "README.md")).read().split("\n## LuCI", 1)[1].split("\n## ", 1)[0]
+    line = next(ln for ln in luci.splitlines() if ln.strip().startswith("opkg install"))
+    assert line.split()[2:] == ["./" + os.path.basename(ipks[LUCI_NAME])]
+
+
+# --- luci-app-wgagent: the LuCI pages, built as luci.mk builds a LuCI app
+
+def test_luci_ipk_control_is_what_luci_mk_makes_of_the_makefile(ipks):
+    path = ipks[LUCI_NAME]
+    assert os.path.basename(path) == f"{LUCI_NAME}_{LUCI['PKG_VERSION']}-r{LUCI['PKG_RELEASE']}_all.ipk"
+    fields = _control(path)
+    assert [k for k, _ in fields] == [k for k in CONTROL_ORDER if k != "LicenseFiles"]
+    f = dict(fields)
+    assert f["Package"] == LUCI["PKG_NAME"] == LUCI_NAME  # luci.mk: PKG_NAME?=$(LUCI_NAME), the folder
+    assert f["Version"] == f"{LUCI['PKG_VERSION']}-r{LUCI['PKG_RELEASE']}"  # luci.mk since openwrt/luci#7042
+    assert f["Depends"].split(", ") == ["libc"] + [d.lstrip("+") for d in LUCI["LUCI_DEPENDS"].split()]
+    assert f["Depends"].split(", ")[1:] == ["luci-base", "wgagent"]
+    assert f["Source"] == f"feeds/luci/applications/{LUCI_NAME}" and f["SourceName"] == LUCI_NAME
+    assert (f["Section"], f["Architecture"], f["License"]) == ("luci", "all", LUCI["PKG_LICENSE"])
+    assert (f["URL"], f["Maintainer"]) == (LUCI["LUCI_URL"], LUCI["LUCI_MAINTAINER"])
+    assert f["Description"] == " " + LUCI["LUCI_DESCRIPTION"]
+    _, control, data = _parts(path)
+    assert "./conffiles" not in control
+    assert b"default_postinst $0 $@" in control["./postinst"][1] and b"default_prerm $0 $@" in control["./prerm"][1]
+    # luci.mk's own postinst, which default_postinst runs: LuCI's caches cleared, rpcd rereads the ACLs
+    pkg = control["./postinst-pkg"]
+    assert pkg[0].mode == 0o755
+    assert pkg[1].decode().splitlines() == ['[ -n "${IPKG_INSTROOT}" ] || {', "\trm -f /tmp/luci-indexcache",
+                                            "\trm -rf /tmp/luci-modulecache/", "\tkillall -HUP rpcd 2>/dev/null",
+                                            "\texit 0", "}"]
+    size = subprocess.run(f"tar xzOf {path} ./data.tar.gz | zcat | wc -c", shell=True,
+                          capture_output=True, text=True, check=True).stdout
+    assert int(f["Installed-Size"]) == int(size)
+    r = subprocess.run([_busybox(), "sh", "-n", "-c", pkg[1].decode()], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_luci_ipk_holds_htdocs_under_www_and_root_under_slash(ipks):
+    _, _, data = _parts(ipks[LUCI_NAME])
+    want = {}
+    for src, dest in (("htdocs", "./www"), ("root", ".")):
+        for dirpath, _, names in os.walk(os.path.join(LUCI_DIR, src)):
+            for n in names:
+                rel = os.path.relpath(os.path.join(dirpath, n), os.path.join(LUCI_DIR, src))
+                want[f"{dest}/{rel}"] = open(os.path.join(dirpath, n), "rb").read()
+    files = {n: body for n, (info, body) in data.items() if info.isfile()}
+    assert files == want
+    assert set(files) == {"./www/luci-static/resources/view/wgagent/status.js",
+                          "./www/luci-static/resources/view/wgagent/settings.js",
+                          "./www/luci-static/resources/wgagent/validate.js",
+                          "./usr/share/luci/menu.d/luci-app-wgagent.json",
+                          "./usr/share/rpcd/acl.d/luci-app-wgagent.json"}
+    assert all(info.mode == (0o755 if info.isdir() else 0o644) and info.uid == 0 for info, _ in data.values())
+    for name in ("./usr/share/luci/menu.d/luci-app-wgagent.json", "./usr/share/rpcd/acl.d/luci-app-wgagent.json"):
+        json.loads(files[name])
+
+
+def test_luci_makefile_finds_luci_mk_in_the_luci_feed_or_beside_it(tmp_path):
+    if shutil.which("make") is None:
+        pytest.skip("needs GNU make")
+    text = open(os.path.join(LUCI_DIR, "Makefile")).read()
+    expr = re.search(r"^include (.*luci\.mk.*)$", text, re.M).group(1)
+    line = f"TOPDIR:=/sdk\nLUCI_MK:={expr}"
+    # this repository's feed: no luci.mk two levels up, so the SDK's LuCI feed
+    checkout = tmp_path / "checkout" / "openwrt-package" / LUCI_NAME
+    checkout.mkdir(parents=True)
+    assert _make_var(str(checkout), line, "LUCI_MK") == "/sdk/feeds/luci/luci.mk"
+    # openwrt/luci's applications/, as the apps there include it
+    upstream = tmp_path / "luci" / "applications" / LUCI_NAME
+    upstream.mkdir(parents=True)
+    (tmp_path / "luci" / "luci.mk").write_text("")
+    assert _make_var(str(upstream), line, "LUCI_MK") == "../../luci.mk"
+    assert "include $(TOPDIR)/rules.mk" in text and "LUCI_PKGARCH:=all" in text
 
 
 def test_readme_follows_every_uci_commit_of_wgagent_with_a_reload():

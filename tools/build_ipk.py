@@ -19,6 +19,15 @@ python3-package.mk and package-pack.mk):
   ./debian-binary, ./data.tar.gz and ./control.tar.gz, sorted by name, numeric
   owner root, Installed-Size the length of the uncompressed data tar.
 
+luci-app-wgagent's .ipk follows its Makefile through luci.mk (openwrt/luci,
+since its PKG_RELEASE fix of 2024-04, which 24.10's LuCI feed has): Package/<name>
+from the LUCI_* variables (section luci, version PKG_VERSION-rPKG_RELEASE), the
+package folder's htdocs/ under /www and root/ under /, as `cp -pR` leaves them,
+and luci.mk's postinst, which package-pack.mk ships as postinst-pkg for
+default_postinst to run (it clears LuCI's caches and has rpcd reread its ACLs).
+The SDK also minifies the JavaScript (CONFIG_LUCI_JSMIN); this build ships it as
+written.
+
 Building needs pip and PyPI (setuptools, hatchling, structlog, installer).
 
 Usage: build_ipk.py OUTDIR   (prints the path of each package, one a line)
@@ -46,6 +55,7 @@ SITE = f"usr/lib/python{PY_VERSION}/site-packages"  # PYTHON3_PKG_DIR
 INSTALLER = "installer==0.7.0"
 # where each feed folder sits in the packages feed: the control file's Source
 FEED_PATHS = {"wgagent": "net/wgagent", "python-structlog": "lang/python/python-structlog"}
+LUCI_APPS = ("luci-app-wgagent",)  # folders built through luci.mk, as in the LuCI feed's applications/
 
 POSTINST = """#!/bin/sh
 [ "${IPKG_NO_SCRIPT}" = "1" ] && exit 0
@@ -58,6 +68,15 @@ PRERM = """#!/bin/sh
 [ -s ${IPKG_INSTROOT}/lib/functions.sh ] || exit 0
 . ${IPKG_INSTROOT}/lib/functions.sh
 default_prerm $0 $@
+"""
+
+# luci.mk's Package/$(PKG_NAME)/postinst, for no LUCI_DEFAULTS (root/etc/uci-defaults)
+LUCI_POSTINST = """[ -n "${IPKG_INSTROOT}" ] || {
+\trm -f /tmp/luci-indexcache
+\trm -rf /tmp/luci-modulecache/
+\tkillall -HUP rpcd 2>/dev/null
+\texit 0
+}
 """
 
 # rules.mk's install commands and the modes they give
@@ -125,12 +144,19 @@ class FeedMakefile:
                            capture_output=True, text=True)
         return int(r.stdout.strip()) if r.returncode == 0 and r.stdout.strip() else int(time.time())
 
+    def control_source(self) -> str:
+        return f"feeds/packages/{FEED_PATHS[os.path.basename(self.folder)]}"
+
+    def scripts(self) -> list[tuple[str, str, int]]:
+        """The CONTROL scripts package-pack.mk writes for a package without its own."""
+        return [("postinst", POSTINST, 0o755), ("prerm", PRERM, 0o755)]
+
     def control(self, installed_size: int) -> str:
         fields = [
             ("Package", self.name),
             ("Version", self.version),
             ("Depends", ", ".join(self.depends())),
-            ("Source", f"feeds/packages/{FEED_PATHS[os.path.basename(self.folder)]}"),
+            ("Source", self.control_source()),
             ("SourceName", self.var("PKG_NAME")),
             ("License", self.vars.get("PKG_LICENSE", "").strip()),
             ("LicenseFiles", self.vars.get("PKG_LICENSE_FILES", "").strip()),
@@ -142,6 +168,60 @@ class FeedMakefile:
             ("Installed-Size", str(installed_size)),
         ]
         return "".join(f"{k}: {v}\n" for k, v in fields if v) + self.description()
+
+
+class LuciMakefile(FeedMakefile):
+    """A LuCI app's Makefile: LUCI_* variables that luci.mk turns into Package/<name>
+    (luci.mk's defaults where the Makefile sets none)."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        self.path = os.path.join(folder, "Makefile")
+        with open(self.path) as f:
+            text = f.read()
+        if not re.search(r"^include .*luci\.mk\b", text, re.M):
+            raise SystemExit(f"{self.path}: does not include luci.mk")
+        self.defines = {}
+        raw = dict(re.findall(r"^([A-Z0-9_]+):=(.*)$", text, re.M))
+        self.vars = {k: self._expand(v, raw) for k, v in raw.items()}
+        self.name = self.vars.get("PKG_NAME", os.path.basename(folder)).strip()  # luci.mk: PKG_NAME?=$(LUCI_NAME)
+        if self.name != os.path.basename(folder):
+            raise SystemExit(f"{self.path}: PKG_NAME {self.name} is not the folder's name (LUCI_NAME)")
+        self.fields = {
+            "SECTION": self.vars.get("LUCI_SECTION", "luci"),
+            "PKGARCH": self.var("LUCI_PKGARCH"),
+            "DEPENDS": self.vars.get("LUCI_DEPENDS", ""),
+            "URL": self.vars.get("LUCI_URL", "https://github.com/openwrt/luci"),
+            "TITLE": self.var("LUCI_TITLE"),
+        }
+        # luci.mk's MAINTAINER:=$(LUCI_MAINTAINER) is what package-pack.mk writes
+        self.vars["PKG_MAINTAINER"] = self.vars.get("LUCI_MAINTAINER", "OpenWrt LuCI community")
+        # Package/<name>/description is $(strip $(LUCI_DESCRIPTION)), else the title
+        self.defines[f"Package/{self.name}/description"] = " ".join(
+            self.vars.get("LUCI_DESCRIPTION", self.fields["TITLE"]).split()) + "\n"
+
+    @staticmethod
+    def _expand(value: str, raw: dict) -> str:
+        def one(m):
+            if m.group(1) not in raw:
+                raise SystemExit(f"cannot expand $({m.group(1)})")
+            return raw[m.group(1)]
+        return re.sub(r"\$\(([A-Z0-9_]+)\)", one, value).strip()
+
+    def control_source(self) -> str:
+        return f"feeds/luci/applications/{self.name}"
+
+    def scripts(self) -> list[tuple[str, str, int]]:
+        return super().scripts() + [("postinst-pkg", LUCI_POSTINST, 0o755)]
+
+
+def luci_package_dir(mk: LuciMakefile, ipkg: str) -> None:
+    """luci.mk's Build/Prepare and Package/<name>/install: htdocs/* into /www,
+    root/* into /, with `cp -pR` (modes kept)."""
+    for src, dest in (("htdocs", "www"), ("root", "")):
+        folder = os.path.join(mk.folder, src)
+        if os.path.isdir(folder):
+            shutil.copytree(folder, os.path.join(ipkg, dest), dirs_exist_ok=True, copy_function=shutil.copy2)
 
 
 def _pip(*args: str) -> None:
@@ -307,8 +387,7 @@ def pack(mk: FeedMakefile, ipkg: str, outdir: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         ctrl = os.path.join(tmp, "CONTROL")
         os.mkdir(ctrl)
-        for name, text, mode in [("control", mk.control(size), 0o644), ("postinst", POSTINST, 0o755),
-                                 ("prerm", PRERM, 0o755)]:
+        for name, text, mode in [("control", mk.control(size), 0o644)] + mk.scripts():
             with open(os.path.join(ctrl, name), "w") as f:
                 f.write(text)
             os.chmod(os.path.join(ctrl, name), mode)
@@ -334,7 +413,8 @@ def pack(mk: FeedMakefile, ipkg: str, outdir: str) -> str:
 
 
 def build(outdir: str) -> list[str]:
-    """wgagent's package and the structlog package it needs (the feed has none)."""
+    """wgagent's package, the structlog package it needs (the feed has none), and
+    its LuCI pages."""
     os.umask(0o022)
     out = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -345,6 +425,12 @@ def build(outdir: str) -> list[str]:
             install_wheel(wheel, pkg_install, tmp)
             os.makedirs(ipkg)
             package_dir(mk, pkg_install, ipkg)
+            out.append(pack(mk, ipkg, outdir))
+        for folder in LUCI_APPS:
+            mk = LuciMakefile(os.path.join(FEED, folder))
+            ipkg = os.path.join(tmp, f"ipkg-{folder}")
+            os.makedirs(ipkg)
+            luci_package_dir(mk, ipkg)
             out.append(pack(mk, ipkg, outdir))
     return out
 

@@ -29,7 +29,7 @@ def cmd_run(args) -> int:
     log = log_mod.get()
     for w in cfg.warnings:
         log.warning("config_warning", detail=w)
-    from .daemon import Daemon, Runner
+    from .daemon import Daemon, Pass, Runner
     from .rtnl import Rtnl, RtnlEvents
     from .wgsource import PeerSources
 
@@ -40,7 +40,7 @@ def cmd_run(args) -> int:
     try:
         if args.once:
             # one whole pass of what `run` does: routes, rules and the firewall
-            routed = daemon.reconcile()
+            routed = daemon.reconcile() == Pass.WHOLE
             written = daemon.firewall_once()
             return EXIT_OK if routed and written else EXIT_PROBLEMS
         daemon.want_firewall(start=False)
@@ -197,7 +197,7 @@ def _print_status(st: dict):
             age = "never" if p["handshake_age"] is None else f"{p['handshake_age']:.0f}s ago"
             if p.get("moved"):
                 m = p["moved"]
-                state = f"moved (claimed by {m['proto']} via {m['gateway']} dev {m['device']})"
+                state = f"moved (claimed by {m['proto']} via {m['gateway'] or '-'} dev {m['device'] or '-'})"
             else:
                 state = "up" if p["up"] else f"down ({p['reason']})"
             print(f"  peer {name}  {state}  handshake {age}  endpoint {p['endpoint'] or '-'}")

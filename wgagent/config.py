@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 from . import uci
 
@@ -232,7 +232,7 @@ def protocols(raw, protos: dict[str, int]) -> frozenset[int]:
     out = set()
     for item in items:
         value = item.strip()
-        if value.isdigit():
+        if value.isascii() and value.isdigit():
             if int(value) > 255:
                 raise ValueError(f"protocol {value} out of range: must be 0..255")
             out.add(int(value))
@@ -376,24 +376,22 @@ class Config:
         return {(p.interface, p.public_key): p for p in self.peers}
 
 
-# --- schema: section type -> option -> converter(raw, names)
+# --- schema: section type -> option -> converter(raw, tables)
 
-class Names(NamedTuple):
-    """What names in a config refer to: rt_tables and rt_protos, as read at load."""
+class Names(dict):
+    """What names in a config refer to, as read at load: rt_tables (the mapping itself,
+    what every converter takes) and rt_protos (`protos`, for yield_to)."""
 
-    tables: dict[str, int]
-    protos: dict[str, int]
+    def __init__(self, tables: dict[str, int], protos: dict[str, int]):
+        super().__init__(tables)
+        self.protos = protos
 
 
-Converter = Callable[[Any, Names], Any]
+Converter = Callable[[Any, dict], Any]  # (raw value, rt_tables: a dict or Names)
 
 
 def _plain(fn: Callable[[Any], Any]) -> Converter:
-    return lambda raw, names: fn(raw)
-
-
-def _table(raw, names: Names) -> int:
-    return table(raw, names.tables)
+    return lambda raw, tables: fn(raw)
 
 
 SCHEMA: dict[str, dict[str, Converter]] = {
@@ -407,12 +405,12 @@ SCHEMA: dict[str, dict[str, Converter]] = {
         "ubus_socket": _plain(text),
     },
     "interface": {
-        "table": _table,
+        "table": table,
         "metric": _plain(number(0, 2**32 - 1, integer=True)),
         "route_default": _plain(boolean),
         "idle_timeout": _plain(number(0, 86400)),
-        "source_table": _table,
-        "yield_to": lambda raw, names: protocols(raw, names.protos),
+        "source_table": table,
+        "yield_to": lambda raw, tables: protocols(raw, getattr(tables, "protos", BUILTIN_PROTOS)),
     },
     "peer": {
         "interface": _plain(ifname),
@@ -420,13 +418,13 @@ SCHEMA: dict[str, dict[str, Converter]] = {
         "description": _plain(text),
         "route": _plain(boolean),
         "idle_timeout": _plain(number(0, 86400)),
-        "source_table": _table,
+        "source_table": table,
     },
     "return_path": {
         "device": _plain(ifname),
         "network": _plain(lambda raw: uci_name(raw)),
-        "table": _table,
-        "gateway": lambda raw, names: tuple(ip_address(v) for v in (raw if isinstance(raw, list) else [raw])),
+        "table": table,
+        "gateway": lambda raw, tables: tuple(ip_address(v) for v in (raw if isinstance(raw, list) else [raw])),
     },
     "zone": {
         "network": _plain(lambda raw: names(raw)),
@@ -466,7 +464,7 @@ class RawSection:
     options: dict[str, Any]
 
 
-def _convert(path: str, raw: RawSection, names: Names, warnings: list[str]) -> dict[str, Any]:
+def _convert(path: str, raw: RawSection, tables: dict, warnings: list[str]) -> dict[str, Any]:
     schema = SCHEMA[raw.type]
     values: dict[str, Any] = {}
     for option, value in raw.options.items():
@@ -475,7 +473,7 @@ def _convert(path: str, raw: RawSection, names: Names, warnings: list[str]) -> d
             warnings.append(f"{path}: section '{raw.label}': unknown option '{option}' ignored")
             continue
         try:
-            values[option] = conv(value, names)
+            values[option] = conv(value, tables)
         except ValueError as e:
             raise ConfigError(path, raw.label, option, value, str(e)) from None
     for option in REQUIRED.get(raw.type, ()):

@@ -9,6 +9,7 @@ then removes nothing (procd respawns it; the new process adopts what is there).
 
 from __future__ import annotations
 
+import enum
 import gc
 import os
 import select
@@ -31,6 +32,14 @@ SETTLE_SECONDS = 0.02  # after an event, let a burst (netifd flushing a device) 
 FULL_READ_SPACING = 0.1  # at least this long between two full reads of the kernel that events ask for
 
 
+class Pass(enum.IntEnum):
+    """How a pass went. Only FAILED is false: the Runner backs off after it."""
+
+    FAILED = 0  # could not observe or apply: skipped, retried with backoff
+    WHOLE = 1
+    REFUSED = 2  # observed and applied, but the kernel refused some change: retried next pass
+
+
 class Daemon:
     def __init__(self, config: Config, rtnl, sources, *, clock=time.time, mono=time.monotonic):
         self.config = config
@@ -50,15 +59,15 @@ class Daemon:
 
     # --- one pass
 
-    def reconcile(self) -> bool:
-        """One pass; True when it observed and applied everything it meant to."""
+    def reconcile(self) -> Pass:
+        """One pass: observe, decide, apply, report."""
         mono, wall = self.mono(), self.clock()
         try:
             links, states = self.observer.peers()
         except OSError as e:
             self.reporter.read_failed("links", e)
             self.reconciler.dirty = True
-            return False
+            return Pass.FAILED
         self.reporter.read_ok("links")
         self.reporter.interface_states(states)
         self.activity = track_activity(self.activity, states, mono, wall)
@@ -70,7 +79,7 @@ class Daemon:
             except OSError as e:
                 self.reporter.read_failed("kernel", e)
                 r.dirty = True
-                return False
+                return Pass.FAILED
             self.reporter.read_ok("kernel")
         keep: set[str] = set()
         if self.config.agent.enabled:
@@ -95,15 +104,15 @@ class Daemon:
         previous, self.last_desired = self.last_desired, desired
         self.interest = self._interest(links)
         if not (plan or rule_plan):
-            return True
+            return Pass.WHOLE
         try:
             done = r.apply(plan, rule_plan, links, desired, previous)
         except OSError as e:
             self.reporter.read_failed("apply", e, event="apply_failed")
-            return False
+            return Pass.FAILED
         self.reporter.read_ok("apply")
         self.reporter.changes(done, desired, previous, wall, self.activity, mono)
-        return not r.dirty
+        return Pass.REFUSED if r.dirty else Pass.WHOLE
 
     def yield_to(self, ifname: str) -> frozenset:
         """The protocols an interface's routes go beside (none for a return path's device)."""
@@ -134,11 +143,8 @@ class Daemon:
         """Interfaces unreadable for longer than handshake_timeout. Until then their
         routes stay (a dump that failed once says nothing about the peers); after it,
         nobody can vouch for any of their peers, and their routes go."""
-        for s in states:
-            if s.peers is None:
-                self.unreadable_since.setdefault(s.name, mono)
-            else:
-                self.unreadable_since.pop(s.name, None)
+        self.unreadable_since = {s.name: self.unreadable_since.get(s.name, mono)
+                                 for s in states if s.peers is None}
         limit = self.config.agent.handshake_timeout
         released = {name: mono - since for name, since in self.unreadable_since.items() if mono - since > limit}
         self.reporter.released_interfaces(released)

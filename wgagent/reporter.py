@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import tempfile
 
 from . import log as log_mod
 from .policy import IDLE, MOVED, Desired, PeerVerdict, handshake_age
@@ -148,7 +147,7 @@ class Reporter:
             record = desired.moved[key]
             if self.moved.changed(key, record.handshake):  # once per move
                 fields = {"iface": v.interface, "peer": v.label}
-                fields.update(moved_fields(record, self.proto_name))
+                fields.update((k, v or "-") for k, v in moved_fields(record, self.proto_name).items())
                 fields["detail"] = "connected at another router since its last handshake here: routes withdrawn " \
                                    "until its next handshake here"
                 lines.append(("peer_moved", fields))
@@ -306,8 +305,8 @@ class Reporter:
 def moved_fields(record, proto_name) -> dict:
     """Where a held-back peer went: the claiming route, as log lines and status say it."""
     claim = record.claim
-    return {"prefix": record.route.prefix, "proto": proto_name(claim.proto), "gateway": claim.gateway or "-",
-            "device": claim.device or "-"}
+    return {"prefix": record.route.prefix, "proto": proto_name(claim.proto), "gateway": claim.gateway or None,
+            "device": claim.device or None}
 
 
 def owner(item, desired: Desired, previous: Desired) -> str:
@@ -363,8 +362,9 @@ class IdleFile:
     """The idle file (the peers held idle, and those held back as moved), written only
     when its content changes. Written as root into a directory anybody may look at
     (/var/run), so: a 0700 directory of ours, a unique temporary name opened
-    O_EXCL|O_NOFOLLOW (mkstemp), then rename(2), which replaces a symlink at the
-    destination instead of following it."""
+    O_EXCL|O_NOFOLLOW, then rename(2), which replaces a symlink at the destination
+    instead of following it. (Not tempfile.mkstemp: its import pulls in random and
+    shutil, memory the daemon has no other use for.)"""
 
     def __init__(self):
         self.written: tuple | None = None  # what the file holds; None: nothing written yet
@@ -376,7 +376,8 @@ class IdleFile:
         path = idle_state_path()
         try:
             directory = _private_dir(os.path.dirname(path))
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".idle-", suffix=".tmp")
+            tmp = os.path.join(directory, f".idle-{os.getpid()}-{os.urandom(6).hex()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
                 with os.fdopen(fd, "w") as f:
                     state = {"pid": os.getpid(), "idle": sorted(idle)}
