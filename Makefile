@@ -4,20 +4,20 @@
 
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
-APT_PKGS  := wireguard-tools wireguard-go iproute2 iputils-ping busybox-static shellcheck kmod qemu-system-x86 file python3-venv nodejs
+APT_PKGS  := wireguard-tools wireguard-go iproute2 iputils-ping busybox-static shellcheck kmod qemu-system-x86 file python3-venv nodejs bird2
 APT       := DEBIAN_FRONTEND=noninteractive apt-get
 PYTEST    ?= $(PY) -m pytest
 # Debian's python3 makes a venv only with python3-venv (ensurepip) installed
 MKVENV     = python3 -m venv $(1) 2>/dev/null || { rm -rf $(1); echo ">> installing python3-venv"; \
              $(APT) update -qq && $(APT) install -y -qq python3-venv >/dev/null && python3 -m venv $(1); }
 
-.PHONY: deps apt venv test test-kernel unit demo bench bench-kernel ipk luci-screenshot feed-src install clean
+.PHONY: deps apt venv test test-kernel unit demo demo-mesh bench bench-mesh bench-kernel ipk luci-screenshot feed-src install clean
 
 # apt first: the venv needs python3-venv on a fresh Debian 12
 deps: apt venv
 
 apt:
-	@missing=""; for t in wg wireguard-go ip ping busybox shellcheck depmod qemu-system-x86_64 file node; do \
+	@missing=""; for t in wg wireguard-go ip ping busybox shellcheck depmod qemu-system-x86_64 file node bird; do \
 		command -v $$t >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 		echo ">> installing $(APT_PKGS)"; \
@@ -61,9 +61,18 @@ unit: venv
 demo: deps
 	$(PY) demo/s1_roaming.py
 
+# three sites, BIRD 2 (Babel) carrying the phone between them (README "Many sites")
+demo-mesh: deps
+	$(PY) demo/mesh_roaming.py
+
 # convergence, scale and footprint against hand-written baselines; writes bench/RESULTS.md
 bench: deps
 	$(PY) bench/run.py
+
+# the many-sites section alone (hand-off between three routers with BIRD, BIRD's churn);
+# writes bench/RESULTS-mesh.md (make bench runs it too, into bench/RESULTS.md)
+bench-mesh: deps
+	$(PY) bench/run.py --mesh
 
 # the sections that apply to kernel WireGuard, inside the test VM; writes bench/RESULTS-kernel.md
 bench-kernel: deps
@@ -85,7 +94,7 @@ luci-screenshot:
 feed-src:
 	rm -rf openwrt-package/wgagent/src
 	mkdir -p openwrt-package/wgagent/src/init.d
-	cp -r wgagent setup.py pyproject.toml LICENSE openwrt-package/wgagent/src/
+	cp -r wgagent setup.py pyproject.toml LICENSE examples openwrt-package/wgagent/src/
 	cp init.d/wgagent openwrt-package/wgagent/src/init.d/
 	find openwrt-package/wgagent/src -name __pycache__ -prune -exec rm -rf {} +
 
@@ -103,6 +112,8 @@ install:
 	sed 's#/usr/local/bin/wgagent#$(PREFIX)/bin/wgagent#' systemd/wgagent.service \
 		> $(DESTDIR)/etc/systemd/system/wgagent.service
 	[ -e $(DESTDIR)/etc/wgagent/config.yaml ] || install -m 600 systemd/config.yaml $(DESTDIR)/etc/wgagent/config.yaml
+	install -d $(DESTDIR)$(PREFIX)/share/wgagent
+	install -m 644 examples/bird-babel.conf examples/bird-ospf.conf $(DESTDIR)$(PREFIX)/share/wgagent/
 	@echo "installed; now: systemctl daemon-reload && systemctl enable --now wgagent"
 
 clean:

@@ -21,6 +21,8 @@ import os
 import platform
 import random
 import resource
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -39,6 +41,7 @@ QUICK = os.environ.get("WGAGENT_BENCH_QUICK") == "1"
 # --kernel: the sections that apply to kernel WireGuard, run inside the test VM by
 # `make bench-kernel` (tests/vm/run_vm.py --bench); results to --out PATH
 KERNEL = "--kernel" in sys.argv
+MESH = "--mesh" in sys.argv  # the many-sites section alone (make bench-mesh)
 BACKEND = "kernel" if KERNEL else "uapi"
 TRIALS = 8 if QUICK else 30
 SIZES = (10, 100, 1000) if QUICK else (10, 100, 1000, 10000)
@@ -524,6 +527,155 @@ def kernel_scale(lab):
                f"{per_cycle / max(careful_cycle, 1e-6):.2f}); RSS after the cycles {got['rss']:.1f} MB")
 
 
+# --- many sites: the hand-off between three routers with BIRD, and BIRD's churn
+
+
+MOVES = 6 if QUICK else 21  # per poll interval: the phone round op1 -> op2 -> op3 -> op1 ...
+
+
+def mesh_handoff(lab):
+    """The phone moves between the three sites of tests/mesh.py (BIRD 2 with the shipped
+    Babel config, wgagent poll 1 s and 2 s, idle_timeout 20 s). Per move, from the
+    phone's handshake at the new router (its UAPI last_handshake_time, ns) to when each
+    router's kernel routed the phone right again (RouteWatch: wgagent's routes at the new
+    router; at the old and the third, none of wgagent's and BIRD's via the tunnel to the
+    new one, both families), and to when every LAN host had answers again."""
+    from tests.mesh import SITES, Mesh, Pings, RouteWatch, lan4
+
+    print(f"\n== many sites: hand-off between three routers (BIRD 2 + Babel, {BACKEND})", flush=True)
+    mesh = Mesh(lab, BACKEND)
+    wait_for(lambda: all(mesh.host[i].ping(f"{lan4(j)}.1") for i in SITES for j in SITES), 60, what="Babel")
+    watch, pings = RouteWatch(mesh), Pings(mesh)
+    agents = mesh.start_agents(1.0, 20)
+    for poll in (1.0, 2.0):
+        for a in agents.values():  # a reload: a restart would forget where the phone moved
+            a.write_config(mesh.agent_config(poll, 20))
+            a.send(signal.SIGHUP)
+        time.sleep(poll)
+        mesh.connect(1)
+        wait_for(lambda: mesh.holds(1), 10, what="op1 holding the phone")
+        times: dict[str, list[float]] = {"new": [], "old": [], "third": [], "reach": []}
+        at = 1
+        for n in range(MOVES):
+            to = at % 3 + 1
+            third = 6 - at - to
+            time.sleep(random.uniform(0, poll))  # the handshake lands anywhere in the poll cycle
+            mesh.connect(to)
+            hs = uapi_handshake(mesh.op[to], "wg0", mesh.phone_key[1]) if BACKEND == "uapi" else \
+                handshake_time(mesh.op[to], "wg0", mesh.phone_key[1])
+            done = {}
+            deadline = time.monotonic() + poll + 15
+            while time.monotonic() < deadline and len(done) < 4:
+                for role, i in (("new", to), ("old", at), ("third", third)):
+                    t = watch.settled(i, to, hs)
+                    if t is not None and role not in done and time.time() - t > 0.3:  # and stays so
+                        done[role] = t - hs
+                reached = [pings.answered_since(k, hs) for k in pings.files]
+                if all(r is not None for r in reached) and "reach" not in done:
+                    done["reach"] = max(reached) - hs
+                time.sleep(0.05)
+            for role in times:
+                if role not in done:
+                    raise RuntimeError(f"move {n} op{at} -> op{to}: {role} did not settle:\n{mesh.diagnose()}")
+                times[role].append(done[role])
+            at = to
+            time.sleep(1.0)
+        loops = pings.loops()
+        for role, what in (("new", "the new router (its wgagent route)"),
+                           ("old", "the old router (wgagent's route gone, BIRD's to the new one)"),
+                           ("third", "the third router (BIRD's route to the new one)"),
+                           ("reach", "every LAN host answered again (IPv4 and IPv6)")):
+            METRICS[f"handoff_{role}_p95_{poll:g}"] = pct(times[role], 0.95)
+            record(f"hand-off, poll {poll:g} s: {what}", summary(times[role]),
+                   f"from the phone's handshake at the new router; {MOVES} moves" +
+                   (f"; routing loops seen: {len(loops)}" if role == "reach" else ""))
+    for a in agents.values():
+        a.stop()
+    pings.stop(lab)
+    # what the short Babel intervals cost: the site tunnels' traffic with nothing moving
+    before = {i: tunnel_bytes(mesh, i) for i in SITES}
+    window = 10 if QUICK else 30
+    time.sleep(window)
+    per_tunnel = [(tunnel_bytes(mesh, i) - before[i]) / window / 2 for i in SITES]  # 2 tunnels per router
+    record("Babel on a site tunnel, hello 1 s, update 2 s, nothing moving (3 sites' LANs, no client)",
+           f"{statistics.median(per_tunnel):.0f} bytes/s sent per tunnel end, WireGuard overhead included",
+           f"over {window} s, the three tunnels' median; BIRD's defaults are hello 4 s, update 16 s")
+
+
+def tunnel_bytes(mesh, i: int) -> int:
+    """Bytes op<i> sent into its site tunnels so far (WireGuard's tx counters)."""
+    total = 0
+    for line in mesh.op[i].run("wg", "show", "all", "transfer").stdout.splitlines():
+        name, _peer, _rx, tx = line.split()
+        if name.startswith("wg_s2s"):
+            total += int(tx)
+    return total
+
+
+CHURN_CONF = """log "{log}" all;
+router id 10.255.0.1;
+protocol device {{ scan time 10; }}
+protocol kernel {{ ipv4 {{ import none; export all; }}; }}
+protocol static churn {{
+	ipv4;
+{routes}
+}}
+"""
+
+
+def churn_cpu(lab):
+    """wgagent's CPU while BIRD (its kernel protocol) adds and removes 1,000 unrelated
+    host routes a second in the main table (a static protocol of 1,000 /32 routes,
+    disabled and enabled again every second with birdc), against the same daemon idle
+    in the same run. The routes are host routes like a peer's, so the event filter
+    decodes each one (the worst case: other prefix lengths are dropped undecoded)."""
+    print("\n== events that matter only: wgagent while BIRD churns 1,000 routes a second", flush=True)
+    r, p = lab.netns("ch"), lab.netns("chp")
+    lab.link(r, "eth0", p, "eth0", ["192.0.2.1/24"], ["192.0.2.2/24"])
+    rk, pk = genkey(), genkey()
+    r.add_wireguard("wg0", BACKEND, rk[0], 51820, ["10.0.31.1/32"])
+    r.wg_peer("wg0", pk[1], ["10.0.31.5/32"])
+    p.add_wireguard("wgc", BACKEND, pk[0], None, ["10.0.31.5/32"])
+    p.wg_peer("wgc", rk[1], ["10.0.31.0/24"], "192.0.2.1:51820", keepalive=1)
+    p.ip("route", "add", "10.0.31.0/24", "dev", "wgc")
+    lab.link(r, "churn0", p, "churn1")  # the device BIRD's routes point at
+    conf, ctl = os.path.join(lab.tmp, "churn-bird.conf"), os.path.join(lab.tmp, "churn-bird.ctl")
+    routes = "\n".join(f'\troute 172.16.{i // 250}.{i % 250 + 1}/32 via "churn0";' for i in range(1000))
+    with open(conf, "w") as f:
+        f.write(CHURN_CONF.format(log=os.path.join(lab.tmp, "churn-bird.log"), routes=routes))
+    bird = r.popen("bird", "-f", "-c", conf, "-s", ctl)
+    wait_for(lambda: os.path.exists(ctl), 15, what="bird")
+    agent = Agent(lab, r, "config agent 'main'\n\toption poll_interval '2'\nconfig interface 'wg0'\n"
+                          "\toption metric '1'\n", name="churn").start()
+    wait_for(lambda: p.ping("10.0.31.1"), 20, what="the phone's handshake")
+    wait_for(lambda: "10.0.31.5" in r.ip("route", "show", "proto", "152"), 10, what="the phone's route")
+    window = 20 if QUICK else 60
+    time.sleep(2)
+    c0 = proc_cpu(agent.proc.pid)
+    time.sleep(window)
+    idle = (proc_cpu(agent.proc.pid) - c0) * 60 / window
+    count = len(r.ip("route", "show", "proto", "bird").splitlines())
+    changes = 0
+    c0, t0 = proc_cpu(agent.proc.pid), time.monotonic()
+    verb = "disable"
+    while time.monotonic() - t0 < window:
+        tick = time.monotonic()
+        r.run("birdc", "-s", ctl, verb, "churn")
+        verb = "enable" if verb == "disable" else "disable"
+        changes += 1000
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
+    elapsed = time.monotonic() - t0
+    busy = (proc_cpu(agent.proc.pid) - c0) * 60 / elapsed
+    assert "10.0.31.5" in r.ip("route", "show", "proto", "152"), "the phone's route stayed"
+    lab.stop(bird)
+    agent.stop()
+    METRICS["churn_cpu"], METRICS["idle_cpu"] = busy, idle
+    record("wgagent CPU per minute while BIRD changes 1,000 unrelated host routes a second",
+           f"{busy * 1000:.0f} ms", f"idle, same daemon, same run: {idle * 1000:.0f} ms per minute; "
+                                     f"{changes / elapsed:.0f} route changes a second ({count} BIRD routes "
+                                     f"at the start); poll 2 s, one connected peer")
+
+
 # what `wgagent run` loads and opens before its first poll (sockets included: an adapter
 # may defer its imports to its constructor)
 STARTUP = ("import structlog, wgagent.cli, wgagent.daemon, wgagent.log, wgagent.rtnl, wgagent.wgsource\n"
@@ -796,11 +948,20 @@ def machine() -> str:
             f"- commit: {commit}\n")
 
 
+def many_sites() -> None:
+    with Lab("e") as lab:
+        mesh_handoff(lab)
+    with Lab("f") as lab:
+        churn_cpu(lab)
+
+
 def main() -> int:
     if os.geteuid() != 0:
         print("make bench needs root (network namespaces)", file=sys.stderr)
         return 2
     started = time.monotonic()
+    if MESH:
+        return mesh_only(started)
     with Lab("b") as lab:
         detection(lab)
     with Lab("c") as lab:
@@ -810,6 +971,8 @@ def main() -> int:
     if not KERNEL:
         with Lab("e") as lab:
             ubus_object(lab)
+    if not KERNEL and shutil.which("bird"):
+        many_sites()
     took = time.monotonic() - started
     table = "| measure | wgagent | baseline, ratio, target |\n|---|---|---|\n" + "".join(
         f"| {m} | {v} | {a} |\n" for m, v, a in RESULTS)
@@ -821,6 +984,41 @@ def main() -> int:
         f.write(text)
     print("\n" + text)
     return 0
+
+
+def mesh_only(started: float) -> int:
+    """`make bench-mesh`: the many-sites section alone, into bench/RESULTS-mesh.md."""
+    if not shutil.which("bird"):
+        print("bench --mesh needs BIRD 2 (apt-get install bird2)", file=sys.stderr)
+        return 2
+    many_sites()
+    table = "| measure | wgagent | how, baseline |\n|---|---|---|\n" + "".join(
+        f"| {m} | {v} | {a} |\n" for m, v, a in RESULTS)
+    text = (f"# wgagent benchmark results: many sites\n\n{machine()}- run time: "
+            f"{(time.monotonic() - started) / 60:.1f} min{' (quick mode)' if QUICK else ''}\n\n{table}\n"
+            f"## Definitions\n\n{MESH_DEFINITIONS}")
+    with open(os.path.join(HERE, "RESULTS-mesh.md"), "w") as f:
+        f.write(text)
+    print("\n" + text)
+    return 0
+
+
+MESH_DEFINITIONS = """\
+- hand-off: three routers of tests/mesh.py (pairwise wireguard-go site tunnels, BIRD 2.0.12
+  with examples/bird-babel.conf as shipped: hello 1 s, update 2 s; wgagent with metric 1,
+  idle_timeout 20 s). The phone moves round op1 -> op2 -> op3 -> op1 ..., connecting at a
+  random point of the new router's poll cycle. Each time is from the phone's handshake at the
+  new router (wireguard-go's last_handshake_time, ns) to the rtnetlink event, in that
+  router's namespace, after which its kernel routed the phone right for good: the new
+  router, wgagent's routes (both families); the old router, wgagent's routes gone and
+  BIRD's via the tunnel to the new router; the third router, BIRD's route via that tunnel.
+  "every LAN host answered again": the send time of the first ping (every 0.1 s, from each
+  LAN host, both families) answered after the last one that was not, the latest host's.
+- BIRD's churn: one router namespace, wgagent (poll 2 s) with one connected peer, and a
+  BIRD whose static protocol of 1,000 /32 routes (exported to the kernel's main table) is
+  disabled and enabled again every second; wgagent's CPU from /proc/PID/task/*/schedstat
+  over 60 s, against 60 s of the same daemon idle just before.
+"""
 
 
 if __name__ == "__main__":

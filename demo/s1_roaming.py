@@ -25,7 +25,6 @@ also on Ctrl-C.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 
@@ -35,15 +34,11 @@ sys.path.insert(0, os.path.dirname(HERE))
 from tests.daemonctl import Agent, wait_for  # noqa: E402
 from tests.lab import Lab, genkey, kernel_wireguard_available, missing_requirements  # noqa: E402
 
+from show import DIM, END, GREEN, RED, result, run, step  # noqa: E402
+
 PHONE = "10.0.31.5"
 POOL = "10.0.31.0/24"
-BOLD, DIM, GREEN, RED, END = ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m") if sys.stdout.isatty() \
-    else ("", "", "", "", "")
 failures: list[str] = []
-
-
-def step(text: str):
-    print(f"\n{BOLD}== {text}{END}", flush=True)
 
 
 def show_routes(routers):
@@ -84,7 +79,6 @@ def main() -> int:
         print(f"demo needs: {why}", file=sys.stderr)
         return 2
     backend = "kernel" if kernel_wireguard_available() else "uapi"
-    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     with Lab("demo") as lab:
         step(f"Building the network (WireGuard backend: {'kernel' if backend == 'kernel' else 'wireguard-go'})")
         inet = lab.netns("inet")
@@ -168,14 +162,8 @@ def main() -> int:
             a.stop()
         tail.show()
         show_routes([op1, op2])
-    step("Result: " + (f"{GREEN}S1 works before and after the move{END}" if not failures
-                       else f"{RED}unexpected: {'; '.join(failures)}{END}"))
-    return 1 if failures else 0
+    return result("S1 works before and after the move", failures)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted: namespaces and processes removed", file=sys.stderr)
-        sys.exit(130)
+    run(main)

@@ -200,6 +200,8 @@ CORPUS = [
     ("interface", "wg0", "source_table", TABLES, {}),
     ("interface", "wg0", "metric", NUMBERS, {}),
     ("interface", "wg0", "idle_timeout", NUMBERS, {}),
+    ("interface", "wg0", "yield_to", ["bird", "babel", "12", "0", "255", "256", "-1", "none", "BIRD", "birb",
+                                      "bird babel", "1.5", "\u0663"], {}),
     ("peer", "laptop", "public_key", KEYS, {}),
     ("peer", "laptop", "interface", ["wg0", "wg1", "WG0"], {}),
     ("peer", "laptop", "description", ["laptop", "a b", "\u00e4 '\""], {}),

@@ -743,3 +743,12 @@ def test_readme_install_commands_are_valid_shell():
     for b in blocks:
         r = subprocess.run([_busybox(), "sh", "-n", "-c", b.replace("<sdk>", "sdk")], capture_output=True, text=True)
         assert r.returncode == 0, f"{b}\n{r.stderr}"
+
+
+def test_the_bird_examples_are_shipped(parts):
+    """README "Many sites": the BIRD configs, as examples/ has them, in /usr/share/wgagent."""
+    _, _, data = parts
+    for name in ("bird-babel.conf", "bird-ospf.conf"):
+        info, body = data[f"./usr/share/wgagent/{name}"]
+        assert info.mode == 0o644
+        assert body == open(os.path.join(ROOT, "examples", name), "rb").read()

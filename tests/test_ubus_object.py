@@ -253,8 +253,9 @@ def test_status_document_and_cli_json_agree_on_the_contract(world):  # noqa: F81
                          "owned_rules", "daemon"]
     assert set(doc["interfaces"][0]["peers"][0]) == {
         "interface", "public_key", "short_key", "description", "endpoint", "handshake_age", "up", "reason",
-        "state", "rx_bytes", "tx_bytes", "allowed_ips", "routes", "rules"}
-    assert status.peer_state(False, "moved") == "moved"  # issue 13's hand-off, when it comes
+        "state", "rx_bytes", "tx_bytes", "allowed_ips", "routes", "rules", "moved"}
+    assert doc["interfaces"][0]["peers"][0]["moved"] is None  # a peer held back by the hand-off: where it went
+    assert status.peer_state(False, "moved") == "moved"
     assert status.peer_state(False, "handshake-expired") == "down"
 
 

@@ -67,7 +67,7 @@ def gather_status(cfg) -> dict:
     from . import rundir, status
     from .observer import Observer
     from .policy import desired_rules, desired_state
-    from .reporter import read_idle_state
+    from .reporter import read_idle_state, read_moved_state
     from .rtnl import Rtnl
     from .wgsource import PeerSources
 
@@ -79,14 +79,61 @@ def gather_status(cfg) -> dict:
         desired = desired_state(cfg, states, now, {}, mono)
         view = observer.kernel(links, mono)
         problems = desired_rules(cfg, desired, view.paths)
+        mesh = _mesh_status(cfg, desired, view, links, sources)
     finally:
         sources.close()
         rtnl.close()
     pid = rundir.running_pid()
-    # only the running daemon knows whose rx stopped growing: its idle file
+    # only the running daemon knows whose rx stopped growing (its idle file), and which
+    # peers it holds back because another router claimed them
     return status.document(cfg, states, desired, view, problems, age=lambda v: v.handshake_age,
-                           idle=read_idle_state(), firewall=firewall_status(cfg),
-                           daemon=status.daemon_entry(pid is not None, pid, now))
+                           idle=read_idle_state(), moved=read_moved_state(), firewall=firewall_status(cfg),
+                           daemon=status.daemon_entry(pid is not None, pid, now), mesh=mesh)
+
+
+def _mesh_status(cfg, desired, view, links, sources) -> dict:
+    """What `check` can tell about the routing daemons next to wgagent: the WireGuard
+    interfaces they route over whose peers' AllowedIPs leave out prefixes of the pool
+    (WireGuard's cryptokey routing drops a packet no peer's AllowedIPs take), and
+    interfaces whose routes a routing daemon's would win over (policy.outranked)."""
+    from .model import AF_INET6, kernel_metric
+    from .policy import uncovered
+
+    yields = frozenset().union(*(i.yield_to for i in cfg.interfaces))
+    ours = {i.name for i in cfg.interfaces}
+    over: dict[str, set[str]] = {}  # device -> the protocols routing over it
+    lowest: dict[tuple[int, int], tuple[int, int]] = {}  # (table, family) -> (lowest metric, its protocol)
+    for (table, dst, _plen), routes in view.foreign.items():
+        family = AF_INET6 if ":" in dst else 2
+        for f in routes:
+            if f.proto in yields:
+                over.setdefault(f.device, set()).add(config_mod.proto_name(f.proto, cfg.protos))
+                if f.metric < lowest.get((table, family), (1 << 32, 0))[0]:
+                    lowest[(table, family)] = (f.metric, f.proto)
+    pool = sorted({ip for v in desired.verdicts for ip in v.peer.allowed_ips if not ip.endswith("/0")})
+    tunnels = []
+    for name in sorted(over):
+        if name in ours or name not in links:
+            continue
+        state = sources.read(name, links[name])
+        if not state.backend:
+            continue  # not WireGuard: nothing to tell
+        entry = {"name": name, "protocols": sorted(over[name]), "error": state.error or None, "uncovered": []}
+        if state.peers is not None:
+            entry["peers"] = len(state.peers)
+            entry["uncovered"] = uncovered(pool, [ip for p in state.peers for ip in p.allowed_ips])
+        tunnels.append(entry)
+    metrics = []
+    for iface in cfg.interfaces:
+        if not iface.yield_to:
+            continue
+        for family, label in ((2, "IPv4"), (AF_INET6, "IPv6")):
+            found = lowest.get((iface.table, family))
+            mine = kernel_metric(family, iface.metric)
+            if found is not None and found[1] in iface.yield_to and found[0] <= mine:
+                metrics.append({"interface": iface.name, "family": label, "metric": mine, "other_metric": found[0],
+                                "proto": config_mod.proto_name(found[1], cfg.protos)})
+    return {"tunnels": tunnels, "metrics": metrics}
 
 
 def _print_status(st: dict):
@@ -98,7 +145,11 @@ def _print_status(st: dict):
         for p in entry["peers"]:
             name = p["short_key"] + (f" ({p['description']})" if p["description"] else "")
             age = "never" if p["handshake_age"] is None else f"{p['handshake_age']:.0f}s ago"
-            state = p["state"] if p["state"] in ("up", "idle", "moved") else f"down ({p['reason']})"
+            m = p.get("moved")
+            if m:
+                state = f"moved (claimed by {m['proto']} via {m['gateway'] or '-'} dev {m['device'] or '-'})"
+            else:
+                state = p["state"] if p["state"] in ("up", "idle") else f"down ({p['reason']})"
             print(f"  peer {name}  {state}  handshake {age}  endpoint {p['endpoint'] or '-'}")
             print(f"    allowed ips: {', '.join(p['allowed_ips']) or '-'}")
             print(f"    routes:      {', '.join(p['routes']) or '-'}")
@@ -153,6 +204,17 @@ def cmd_check(args) -> int:
             elif not entry["backend"]:
                 print(f"problem: interface {entry['name']}: {entry['error']}")
                 problems += 1
+        for t in st["mesh"]["tunnels"]:
+            if t["uncovered"]:
+                shown = ", ".join(t["uncovered"][:5]) + (", ..." if len(t["uncovered"]) > 5 else "")
+                print(f"warning: {'/'.join(t['protocols'])} routes over {t['name']}, but no AllowedIPs of its "
+                      f"peers cover {shown}: WireGuard drops packets that no peer's AllowedIPs take (give the "
+                      f"site tunnel's one peer AllowedIPs 0.0.0.0/0, ::/0)")
+        for m in st["mesh"]["metrics"]:
+            print(f"warning: interface {m['interface']}: its {m['family']} routes get metric {m['metric']}, not "
+                  f"below {m['proto']}'s {m['other_metric']}: a {m['proto']} route for a peer's prefix would win "
+                  f"the lookup{' (metric 0 is 1024 in IPv6)' if m['family'] == 'IPv6' else ''}, or replace ours; "
+                  f"set option metric below {m['other_metric']} (e.g. '1')")
         for c in st["conflicts"]:
             print(f"problem: {c['prefix']} (table {c['table']}, {c['interface']}) is already routed by protocol "
                   f"{c['proto']}; set option route_allowed_ips '0' on the wireguard_{c['interface']} peers "

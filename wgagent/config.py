@@ -22,6 +22,17 @@ from . import uci
 DEFAULT_UCI_PATH = "/etc/config/wgagent"
 RT_TABLES = ("/etc/iproute2/rt_tables", "/usr/share/iproute2/rt_tables")
 BUILTIN_TABLES = {"main": 254, "local": 255, "default": 253}
+RT_PROTOS = ("/etc/iproute2/rt_protos", "/usr/share/iproute2/rt_protos")
+# iproute2's own names (lib/rt_names.c, rtnl_rtprot_tab), for a router without the
+# file (BusyBox ip): the numbers of linux/rtnetlink.h
+BUILTIN_PROTOS = {"unspec": 0, "redirect": 1, "kernel": 2, "boot": 3, "static": 4, "gated": 8, "ra": 9, "mrt": 10,
+                  "zebra": 11, "bird": 12, "dnrouted": 13, "xorp": 14, "ntk": 15, "dhcp": 16, "keepalived": 18,
+                  "babel": 42, "openr": 99, "bgp": 186, "isis": 187, "ospf": 188, "rip": 189, "eigrp": 192}
+# The routing daemons' protocols whose routes for a peer's prefix mean "another router
+# has this peer" (yield_to, see policy.hand_off) rather than a conflict.
+ROUTING_DAEMONS = ("bird", "zebra", "babel", "bgp", "isis", "ospf", "rip", "eigrp")
+DEFAULT_YIELD_TO = frozenset(BUILTIN_PROTOS[name] for name in ROUTING_DAEMONS)
+YIELD_NONE = "none"  # yield_to 'none': off (an empty value cannot say it: libuci drops empty options)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -152,7 +163,16 @@ def ip_address(raw: str) -> str:
 
 def read_rt_tables(paths: tuple[str, ...] = RT_TABLES) -> dict[str, int]:
     """Table names from iproute2's rt_tables (and rt_tables.d/*.conf)."""
-    names = dict(BUILTIN_TABLES)
+    return _read_names(paths, BUILTIN_TABLES)
+
+
+def read_rt_protos(paths: tuple[str, ...] = RT_PROTOS) -> dict[str, int]:
+    """Route protocol names from iproute2's rt_protos (and rt_protos.d/*.conf)."""
+    return _read_names(paths, BUILTIN_PROTOS)
+
+
+def _read_names(paths: tuple[str, ...], builtin: dict[str, int]) -> dict[str, int]:
+    names = dict(builtin)
     files: list[str] = []
     for path in paths:
         files.append(path)
@@ -194,6 +214,37 @@ def table_name(num: int, tables: dict[str, int] | None = None) -> str:
         if n == num:
             return name
     return str(num)
+
+
+def proto_name(num: int, protos: dict[str, int] | None = None) -> str:
+    """12 -> 'bird' (rt_protos), a number without a name as itself."""
+    return table_name(num, protos or BUILTIN_PROTOS)
+
+
+def protocols(raw, protos: dict[str, int]) -> frozenset[int]:
+    """yield_to: protocol names (rt_protos) or numbers 0..255, a list or one
+    space-separated option; 'none' alone (or, in YAML, an empty list): no protocol."""
+    if raw == []:
+        return frozenset()
+    items = raw if isinstance(raw, list) else _scalar(raw).split()
+    if [i.strip() for i in items] == [YIELD_NONE]:
+        return frozenset()
+    out = set()
+    for item in items:
+        value = item.strip()
+        if value.isascii() and value.isdigit():
+            if int(value) > 255:
+                raise ValueError(f"protocol {value} out of range: must be 0..255")
+            out.add(int(value))
+        elif value in protos:
+            out.add(protos[value])
+        elif value == YIELD_NONE:
+            raise ValueError(f"'{YIELD_NONE}' turns yield_to off and stands alone")
+        else:
+            raise ValueError(f"unknown protocol {value!r} (not a number 0..255 and not in /etc/iproute2/rt_protos)")
+    if not out:
+        raise ValueError(f"no protocol named (to turn yield_to off, set it to '{YIELD_NONE}')")
+    return frozenset(out)
 
 
 POLICIES = ("ACCEPT", "REJECT", "DROP")
@@ -241,6 +292,9 @@ class InterfaceConfig:
     route_default: bool = False
     idle_timeout: float = 0.0  # 0 = off
     source_table: int | None = None  # ip rule "from <AllowedIP> lookup" this, for up peers
+    # protocols whose route for a peer's prefix is another router's claim on the peer,
+    # beside which ours is installed, not a conflict (policy.hand_off)
+    yield_to: frozenset[int] = DEFAULT_YIELD_TO
 
 
 @dataclass(frozen=True)
@@ -305,6 +359,7 @@ class Config:
     nats: tuple[NatConfig, ...] = ()
     warnings: tuple[str, ...] = ()
     tables: dict[str, int] = field(default_factory=lambda: dict(BUILTIN_TABLES), compare=False)
+    protos: dict[str, int] = field(default_factory=lambda: dict(BUILTIN_PROTOS), compare=False)
 
     def interface(self, name: str) -> InterfaceConfig | None:
         return self._interfaces.get(name)
@@ -324,7 +379,16 @@ class Config:
 
 # --- schema: section type -> option -> converter(raw, tables)
 
-Converter = Callable[[Any, dict], Any]
+class Names(dict):
+    """What names in a config refer to, as read at load: rt_tables (the mapping itself,
+    what every converter takes) and rt_protos (`protos`, for yield_to)."""
+
+    def __init__(self, tables: dict[str, int], protos: dict[str, int]):
+        super().__init__(tables)
+        self.protos = protos
+
+
+Converter = Callable[[Any, dict], Any]  # (raw value, rt_tables: a dict or Names)
 
 
 def _plain(fn: Callable[[Any], Any]) -> Converter:
@@ -348,6 +412,7 @@ SCHEMA: dict[str, dict[str, Converter]] = {
         "route_default": _plain(boolean),
         "idle_timeout": _plain(number(0, 86400)),
         "source_table": table,
+        "yield_to": lambda raw, tables: protocols(raw, getattr(tables, "protos", BUILTIN_PROTOS)),
     },
     "peer": {
         "interface": _plain(ifname),
@@ -401,7 +466,7 @@ class RawSection:
     options: dict[str, Any]
 
 
-def _convert(path: str, raw: RawSection, tables: dict[str, int], warnings: list[str]) -> dict[str, Any]:
+def _convert(path: str, raw: RawSection, tables: dict, warnings: list[str]) -> dict[str, Any]:
     schema = SCHEMA[raw.type]
     values: dict[str, Any] = {}
     for option, value in raw.options.items():
@@ -420,10 +485,12 @@ def _convert(path: str, raw: RawSection, tables: dict[str, int], warnings: list[
 
 
 def build(path: str, raw_sections: list[RawSection], tables: dict[str, int] | None = None,
-          warnings: tuple[str, ...] | list[str] = ()) -> Config:
+          warnings: tuple[str, ...] | list[str] = (), protos: dict[str, int] | None = None) -> Config:
     """Validate raw sections into a Config; `warnings` (from reading the file) come
     first in its warnings. Raises ConfigError."""
     tables = read_rt_tables() if tables is None else tables
+    protos = read_rt_protos() if protos is None else protos
+    names = Names(tables, protos)
     warnings = list(warnings)
     agent = AgentConfig()
     interfaces: dict[str, InterfaceConfig] = {}
@@ -436,7 +503,7 @@ def build(path: str, raw_sections: list[RawSection], tables: dict[str, int] | No
         if raw.type not in SCHEMA:
             warnings.append(f"{path}: section '{raw.label}': unknown section type '{raw.type}' ignored")
             continue
-        values = _convert(path, raw, tables, warnings)
+        values = _convert(path, raw, names, warnings)
         if raw.type == "agent":
             agents_seen += 1
             if agents_seen > 1:
@@ -468,7 +535,7 @@ def build(path: str, raw_sections: list[RawSection], tables: dict[str, int] | No
     _check_zones(path, zones, nats, warnings)
     return Config(path=path, agent=agent, interfaces=tuple(interfaces.values()), peers=tuple(peers),
                   return_paths=tuple(return_paths), zones=tuple(zones), nats=tuple(nats),
-                  warnings=tuple(warnings), tables=tables)
+                  warnings=tuple(warnings), tables=tables, protos=protos)
 
 
 def _zone(path: str, label: str, values: dict) -> ZoneConfig:

@@ -22,13 +22,15 @@ from . import status, ubus
 from .config import Config, ConfigError
 from .control import Control
 from .observer import Observer
-from .policy import Desired, PlanMemo, desired_rules, desired_state, handshake_age, track_activity
+from .model import AF_INET, AF_INET6
+from .policy import Desired, PlanMemo, desired_rules, desired_state, handshake_age, outranked, track_activity
 from .reconciler import Reconciler
 from .reporter import Reporter
-from .rtnl import RtnlEvents
+from .rtnl import Changes, Interest, RtnlEvents
 
 RESYNC_SECONDS = 30.0
 SETTLE_SECONDS = 0.02  # after an event, let a burst (netifd flushing a device) arrive
+FULL_READ_SPACING = 0.1  # at least this long between two full reads of the kernel that events ask for
 
 
 class Pass(enum.IntEnum):
@@ -45,7 +47,8 @@ class Daemon:
         self.clock, self.mono = clock, mono
         self.log = log_mod.get()
         self.observer = Observer(config, rtnl, sources)
-        self.reporter = Reporter(self.log, lambda num: config_mod.table_name(num, self.config.tables))
+        self.reporter = Reporter(self.log, lambda num: config_mod.table_name(num, self.config.tables),
+                                 lambda num: config_mod.proto_name(num, self.config.protos))
         self.reconciler = Reconciler(rtnl, self.reporter)
         self.activity: dict = {}  # rx and handshake history per peer (policy.track_activity)
         self.plans = PlanMemo()
@@ -56,6 +59,8 @@ class Daemon:
         self.last_states: list = []  # the InterfaceStates of the last pass that read them
         self.last_problems: list[str] = []
         self.reload_error = ""  # why the last reload was refused
+        self.interest: Interest | None = None  # what the event filter lets through (None: everything)
+        self._interest_key = None
 
     # --- one pass
 
@@ -72,17 +77,8 @@ class Daemon:
         self.last_states = states
         self.reporter.interface_states(states)
         self.activity = track_activity(self.activity, states, mono, wall)
-        keep: set[str] = set()
-        if self.config.agent.enabled:
-            desired = desired_state(self.config, states, wall, self.activity, mono, self.plans)
-            keep = desired.frozen - self._released(states, mono)
-            # an interface unreadable this pass keeps what we knew of its peers (routes and rules stay)
-            desired.verdicts += [v for v in self.last_desired.verdicts if v.interface in keep]
-            self.reporter.skipped_routes(desired.skipped)
-        else:
-            desired = Desired()
-        self.reporter.peers(desired, {s.name for s in states if s.backend}, keep)
         r = self.reconciler
+        # the kernel before the decision: other routers' claims on our peers are in it
         if r.dirty or mono - r.view.read_at >= RESYNC_SECONDS:
             try:
                 r.seen(self.observer.kernel(links, mono))
@@ -91,15 +87,29 @@ class Daemon:
                 r.dirty = True
                 return Pass.FAILED
             self.reporter.read_ok("kernel")
+        keep: set[str] = set()
+        if self.config.agent.enabled:
+            desired = desired_state(self.config, states, wall, self.activity, mono, self.plans,
+                                    r.view.foreign, self.last_desired.moved)
+            keep = desired.frozen - self._released(states, mono)
+            # an interface unreadable this pass keeps what we knew of its peers (routes and rules stay)
+            desired.verdicts += [v for v in self.last_desired.verdicts if v.interface in keep]
+            desired.moved.update((k, m) for k, m in self.last_desired.moved.items() if k[0] in keep)
+            self.reporter.skipped_routes(desired.skipped)
+        else:
+            desired = Desired()
+        self.reporter.peers(desired, {s.name for s in states if s.backend}, keep)
         if self.config.agent.enabled:
             self.last_problems = desired_rules(self.config, desired, r.view.paths)
             self.reporter.path_problems(self.last_problems)
             self.reporter.path_states(r.view.paths)
-        plan, rule_plan = r.plan(desired, keep)
+        self.reporter.route_outranked(outranked(desired.routes, r.view.foreign, self.yield_to))
+        plan, rule_plan = r.plan(desired, keep, self.yield_to)
         self.reporter.route_conflicts(plan.conflicts)
         self.reporter.devices_down({x.ifname for x in plan.add if x.ifname in links and not links[x.ifname].up},
                                    links)
         previous, self.last_desired = self.last_desired, desired
+        self.interest = self._interest(links)
         if not (plan or rule_plan):
             return Pass.WHOLE
         try:
@@ -135,6 +145,31 @@ class Daemon:
         for n in self.reporter.notifiers:
             n.close()
         self.reporter.notifiers = []
+
+    def yield_to(self, ifname: str) -> frozenset:
+        """The protocols an interface's routes go beside (none for a return path's device)."""
+        iface = self.config.interface(ifname)
+        return iface.yield_to if iface is not None else frozenset()
+
+    def _interest(self, links) -> Interest:
+        """What the event filter lets through (rtnl.classify): rebuilt only when the
+        config, the peers' plans, the return paths' devices or the links change."""
+        cfg = self.config
+        paths = tuple(p.device for p in self.reconciler.view.paths if p.device)
+        by_index = {link.index: name for name, link in links.items()}  # tens of links
+        key = (self.plans.generation, paths, by_index)  # a new config starts a new generation
+        if key == self._interest_key:
+            return self.interest
+        self._interest_key = key
+        slots = frozenset(r.slot for plan in self.plans.plans.values() for r in plan.routes)
+        names = frozenset(i.name for i in cfg.interfaces) | frozenset(paths) | \
+            frozenset(rp.device for rp in cfg.return_paths if rp.device)
+        return Interest(slots, frozenset((AF_INET6 if ":" in dst else AF_INET, plen) for _, dst, plen in slots),
+                        frozenset(rp.table for rp in cfg.return_paths),
+                        frozenset(links[n].index for n in paths if n in links), names,
+                        frozenset(links[n].index for n in names if n in links), by_index,
+                        any(rp.network for rp in cfg.return_paths),
+                        frozenset().union(*(i.yield_to for i in cfg.interfaces)))
 
     def _released(self, states, mono: float) -> set[str]:
         """Interfaces unreadable for longer than handshake_timeout. Until then their
@@ -302,6 +337,7 @@ class Runner:
         d.log.info("started", pid=os.getpid(), interfaces=",".join(i.name for i in d.config.interfaces) or "-",
                    poll_interval=d.config.agent.poll_interval)
         next_poll = 0.0
+        event_due = _NEVER  # when the pass that events asked for runs
         frozen = False
         answer_after_pass: list[str] = []  # FIFOs of `reconcile` callers
         while self.stop_signal is None:
@@ -321,29 +357,48 @@ class Runner:
                 if answer_after_pass:
                     self.control.answer(answer_after_pass, {"done": True, "pass": self.last_pass.name.lower()})
                     answer_after_pass = []
+                event_due = _NEVER
                 if not frozen:
                     settle_gc()
                     frozen = True
                 continue
-            ready, _, _ = select.select([self.events, self._wake_r], [], [], next_poll - now)
+            if now >= event_due:
+                event_due = _NEVER
+                if not self._reconcile():
+                    self.failures = 1
+                    next_poll = min(next_poll, time.monotonic() + 1.0)
+                continue
+            ready, _, _ = select.select([self.events, self._wake_r], [], [], min(next_poll, event_due) - now)
             if self._wake_r in ready:
                 _drain_pipe(self._wake_r)
             if self.events in ready:
                 time.sleep(SETTLE_SECONDS)
-                if self._events_changed() and not self.failures:
-                    # while passes fail, the backoff decides when the next one runs
-                    d.reconciler.dirty = True
-                    if not self._reconcile():
-                        self.failures = 1
-                        next_poll = min(next_poll, time.monotonic() + 1.0)
+                changes = self._events()
+                r = d.reconciler
+                if changes.routes:
+                    r.note(changes.routes, time.monotonic())
+                if changes.full:
+                    r.dirty = True
+                if changes and not self.failures:
+                    # while passes fail, the backoff decides when the next one runs. A
+                    # pass that must read the whole kernel runs at most every
+                    # FULL_READ_SPACING: a burst is one read, and a routing daemon's churn
+                    # in our slots cannot make the loop dump its tables back to back
+                    due = time.monotonic()
+                    if r.dirty:  # read_at is on the daemon's clock
+                        due += max(0.0, r.view.read_at + FULL_READ_SPACING - d.mono())
+                    event_due = min(event_due, due)
         return 0 if d.stop(signal.Signals(self.stop_signal).name) else 1
 
-    def _events_changed(self) -> bool:
+    def _events(self) -> Changes:
         try:
-            return self.events.drain()
+            return self.events.drain(self.daemon.interest)
         except OSError as e:  # the event socket failed: whatever happened, read everything again
             self.daemon.reporter.read_failed("events", e)
-            return True
+            return Changes(True, [])
+
+
+_NEVER = float("inf")
 
 
 # Collector thresholds once started. A poll allocates a few objects per peer (tuples of

@@ -75,6 +75,23 @@ class Route(NamedTuple):
         return self[:3]  # (table, dst, prefixlen)
 
 
+class Foreign(NamedTuple):
+    """A unicast route of another protocol, by the slot it sits in: what the kernel
+    holds beside (or instead of) ours. A routing daemon's route for a peer's prefix
+    is another router's claim on that peer (policy.hand_off); any other is a conflict."""
+
+    proto: int
+    metric: int
+    gateway: str = ""
+    device: str = ""  # output device; for a multipath route, its first hop's
+    since: float = 0.0  # monotonic: when this route (protocol, metric, gateway, device) was first seen
+
+    @property
+    def key(self) -> tuple:
+        """The route without its date: a changed next hop is another route."""
+        return self[:4]
+
+
 class Rule(NamedTuple):
     """An `ip rule` wgagent wants, or holds. Equality is the whole rule."""
 

@@ -25,7 +25,9 @@ class KernelView:
     """The kernel's routes, rules and return-path devices as last read."""
 
     owned: set[Route] = field(default_factory=set)
-    foreign: dict = field(default_factory=dict)  # (table, dst, prefixlen) -> protocol
+    # (table, dst, prefixlen) -> the unicast routes of other protocols there
+    # (model.Foreign), dated by the reconciler (policy.date_foreign)
+    foreign: dict = field(default_factory=dict)
     rules: set[Rule] = field(default_factory=set)
     paths: list[PathState] = field(default_factory=list)
     read_at: float = -1e18  # monotonic

@@ -1,6 +1,7 @@
 """The decision core: which peers are up and which routes should exist. Pure.
 
 (config, observed interfaces, clocks, rx history) -> peer verdicts and desired routes;
+(peer verdict, other routers' claims, handshake at the time of a move) -> keep / moved / back;
 (desired routes, routes held under our tag, routes of others) -> a plan.
 No I/O: everything here is tested without root.
 """
@@ -11,16 +12,17 @@ import ipaddress
 import socket
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Iterable, Mapping, NamedTuple
+from typing import Callable, Iterable, Mapping, NamedTuple
 
 from .config import Config, ReturnPathConfig
-from .model import AF_INET, AF_INET6, InterfaceState, Peer, Route, Rule, kernel_metric, parse_prefix
+from .model import AF_INET, AF_INET6, Foreign, InterfaceState, Peer, Route, Rule, kernel_metric, parse_prefix
 
 # Why a peer is up or down, as logged and shown by `wgagent status`.
 UP = "handshake"  # a handshake younger than handshake_timeout, and not idle
 NEVER = "no-handshake"
 EXPIRED = "handshake-expired"
 IDLE = "idle"
+MOVED = "moved"  # up here by its handshake, but connected at another router since (hand_off)
 
 
 class Activity(NamedTuple):
@@ -154,6 +156,9 @@ class Desired:
     # caller that warns does it once per change. Neither in routes nor in the
     # verdict's routes.
     skipped: list[tuple[PeerVerdict, Route, str]] = field(default_factory=list)
+    # Peers held back because another router claimed them (hand_off): what to remember
+    # of each until its next handshake here. Their verdicts say MOVED.
+    moved: dict[tuple[str, str], "Moved"] = field(default_factory=dict)
 
 
 @lru_cache(maxsize=1 << 16)  # the same inputs every poll: computed once
@@ -267,6 +272,7 @@ class PlanMemo:
         # (interface, key) -> (the Peer object, its Activity object, verdict, valid until
         # monotonic time)
         self.verdicts: dict[tuple[str, str], tuple] = {}
+        self.generation = 0  # counts the polls whose plans differ from the last one's (or the config)
 
 
 _FOREVER = float("inf")
@@ -291,11 +297,18 @@ def _valid_until(reason: str, age: float, timeout: float, idle: float, activity:
 
 
 def desired_state(config: Config, states: Iterable[InterfaceState], now: float,
-                  activity: ActivityMap, mono_now: float, memo: PlanMemo | None = None) -> Desired:
+                  activity: ActivityMap, mono_now: float, memo: PlanMemo | None = None,
+                  foreign: Mapping[tuple[int, str, int], tuple[Foreign, ...]] | None = None,
+                  moved: Mapping[tuple[str, str], "Moved"] | None = None) -> Desired:
     """Verdicts for every observed peer of a configured interface, the routes the
     kernel should hold, and the routes left out because they would carry a peer's own
     endpoint (Desired.skipped). When two up peers claim the same prefix in the same
     table, the one with the newer handshake wins (ties: interface, then key).
+
+    foreign: the kernel's routes of other protocols by slot, dated (date_foreign);
+    moved: Desired.moved of the previous pass. With them, an up peer that another
+    router has claimed since its last handshake here is held back (hand_off): its
+    verdict says MOVED and Desired.moved remembers it.
 
     activity is track_activity's history of the same poll: it dates handshakes and rx
     on the monotonic clock; a peer without one is judged by the wall clock (status).
@@ -312,6 +325,9 @@ def desired_state(config: Config, states: Iterable[InterfaceState], now: float,
     timeout = config.agent.handshake_timeout
     claims: dict[tuple[int, str, int], tuple[Route, PeerVerdict]] = {}
     verdicts = result.verdicts
+    moved = moved or {}
+    changed = False  # a plan made anew this poll
+    handing = bool(foreign) or bool(moved)  # a hub without a routing daemon skips all of it
     for state in states:
         iface = config.interface(state.name)
         if iface is None:
@@ -337,12 +353,25 @@ def desired_state(config: Config, states: Iterable[InterfaceState], now: float,
                 plan = old_plans.get(key)
                 if plan is None or plan.allowed_ips != peer.allowed_ips or plan.endpoint != peer.endpoint:
                     plan = peer_plan(config, iface, peer)
+                    changed = True
                 plans[key] = plan
                 age = handshake_age(peer, now, act, mono_now)
                 up, reason = _judge(age, timeout, plan.idle_timeout, act, mono_now)
                 verdict = _new_verdict(PeerVerdict, (name, peer, up, reason, age,
                                                      plan.description, plan.routes, plan.rules))
                 kept[key] = (peer, act, verdict, _valid_until(reason, age, timeout, plan.idle_timeout, act, mono_now))
+            if handing and plan.routes:
+                record = moved.get(key)
+                if up:
+                    found = claims_for(plan.routes, foreign, iface) if foreign else ()
+                    hs_mono = act.handshake_mono if act is not None and act.handshake == peer.last_handshake else None
+                    decision, record = hand_off(peer.last_handshake, hs_mono, found, record)
+                    if decision == MOVED:
+                        verdict, up = verdict._replace(up=False, reason=MOVED), False
+                elif record is not None and record.handshake != peer.last_handshake:
+                    record = None  # a newer handshake (the peer is down for another reason)
+                if record is not None:
+                    result.moved[key] = record
             verdicts.append(verdict)
             if up:
                 for slot, route in plan.slots:
@@ -351,6 +380,8 @@ def desired_state(config: Config, states: Iterable[InterfaceState], now: float,
                         claims[slot] = (route, verdict)
                 if plan.skipped:
                     result.skipped += [(verdict, r, plan.endpoint_address) for r in plan.skipped]
+    if changed or fresh or len(plans) != len(old_plans):
+        memo.generation += 1
     memo.config, memo.plans, memo.verdicts = config, plans, kept
     result.routes = dict(claims.values())
     return result
@@ -492,6 +523,124 @@ def _newer(a: PeerVerdict, b: PeerVerdict, now: float, activity: ActivityMap, mo
     age_a = handshake_age(a.peer, now, activity.get((a.interface, a.peer.public_key)), mono_now)
     age_b = handshake_age(b.peer, now, activity.get((b.interface, b.peer.public_key)), mono_now)
     return (age_a, a.interface, a.peer.public_key) < (age_b, b.interface, b.peer.public_key)
+
+
+# --- the hand-off between routers: "the newest connection wins"
+
+KEEP, BACK = "keep", "back"  # hand_off's decisions, with MOVED
+
+
+class Moved(NamedTuple):
+    """A peer held back because another router claimed it: until it has a newer
+    handshake here than `handshake` (its last_handshake when it moved)."""
+
+    handshake: float
+    route: Route  # our route whose slot was claimed
+    claim: Foreign  # the other router's route that claimed it
+
+
+def hand_off(handshake: float, handshake_mono: float | None, claims: Iterable[tuple[Route, Foreign]],
+             moved: Moved | None) -> tuple[str, Moved | None]:
+    """For a peer that is up here by its handshake: keep its routes, hold them back
+    (MOVED, with what to remember), or bring them back (BACK) after a move.
+
+    claims: (our route, a routing daemon's route for the same slot via another device)
+    for the peer's prefixes; each claim dated (Foreign.since) when it appeared or last
+    changed its next hop. handshake_mono: when the peer's current handshake happened
+    (track_activity), None when undated.
+
+    A peer claimed elsewhere AFTER its handshake here has connected at that router
+    since: it moved. It stays held back, whatever the claims do, until its handshake
+    here changes (its rx counter alone cannot bring it back: a packet in flight from
+    before the move would). With a newer handshake, claims older than it are the
+    other router's stale view (it lets go when it sees our claim): our route comes
+    back and wins locally at its lower metric."""
+    if moved is not None and handshake == moved.handshake:
+        return MOVED, moved
+    newest = max(claims, key=lambda c: c[1].since, default=None)
+    if newest is not None and (handshake_mono is None or newest[1].since > handshake_mono):
+        return MOVED, Moved(handshake, *newest)
+    return (BACK if moved is not None else KEEP), None
+
+
+def claims_for(routes: Iterable[Route], foreign: Mapping[tuple[int, str, int], tuple[Foreign, ...]],
+               iface) -> list[tuple[Route, Foreign]]:
+    """The routes of the interface's yield_to protocols that hold a slot of ours via
+    another device: another router's. (Unreachable routes, which Babel installs for a
+    prefix it lost, are no unicast routes: the observer never lists them.)"""
+    out = []
+    yields = iface.yield_to
+    for route in routes:
+        for f in foreign.get(route.slot, ()):
+            if f.proto in yields and f.device != route.ifname:
+                out.append((route, f))
+    return out
+
+
+def conflicting(wanted: Iterable[Route], foreign: Mapping[tuple[int, str, int], tuple[Foreign, ...]],
+                yield_to: Callable[[str], frozenset]) -> dict[tuple[int, str, int], int]:
+    """Slot -> protocol of the wanted routes' slots held by a route of a protocol the
+    route's interface does not yield to (yield_to(ifname)): a conflict, left to its
+    owner (plan_routes). A yield_to protocol's route is none: ours goes beside it."""
+    out: dict[tuple[int, str, int], int] = {}
+    if not foreign:
+        return out
+    for route in wanted:
+        others = foreign.get(route.slot)
+        if others:
+            yields = yield_to(route.ifname)
+            for f in others:
+                if f.proto not in yields:
+                    out[route.slot] = f.proto
+                    break
+    return out
+
+
+def outranked(kept: Iterable[Route], foreign: Mapping[tuple[int, str, int], tuple[Foreign, ...]],
+              yield_to: Callable[[str], frozenset]) -> list[tuple[Route, Foreign]]:
+    """Our routes beside a yield_to route whose metric is not above ours: theirs wins
+    the lookup (an IPv6 metric 0 is 1024 in the kernel, BIRD's is 32), or, at the same
+    metric, BIRD's IPv4 replace would overwrite ours (it does not check the protocol)."""
+    out: list[tuple[Route, Foreign]] = []
+    if not foreign:
+        return out
+    for route in kept:
+        for f in foreign.get(route.slot, ()):
+            if f.proto in yield_to(route.ifname) and f.metric <= route.metric:
+                out.append((route, f))
+    return out
+
+
+def uncovered(prefixes: Iterable[str], allowed_ips: Iterable[str]) -> list[str]:
+    """The prefixes no AllowedIP holds whole (for `check`: a site tunnel's peers must
+    take the pool, or WireGuard drops what a routing daemon sends into the tunnel)."""
+    nets = [ipaddress.ip_network(a, strict=False) for a in allowed_ips]
+    out = []
+    for prefix in prefixes:
+        p = ipaddress.ip_network(prefix, strict=False)
+        if not any(n.version == p.version and p.subnet_of(n) for n in nets):
+            out.append(prefix)
+    return out
+
+
+_OLDEST = float("-inf")
+
+
+def date_foreign(old: Mapping | None, new: Mapping[tuple[int, str, int], tuple[Foreign, ...]], mono: float,
+                 held: Iterable[tuple[int, str, int]] = ()) -> dict[tuple[int, str, int], tuple[Foreign, ...]]:
+    """The new view's routes of others, dated: one the old view had (same protocol,
+    metric, next hop and device) keeps its date; any other, a changed next hop
+    included (a claim can arrive as RTM_NEWROUTE replacing a route that was there), is
+    dated mono. In the first view (old None) a route in a slot where we hold a route
+    of our own (adopted from an earlier run) is dated oldest: after kill -9 and a
+    restart, the router that held a peer keeps it; elsewhere the claim is new."""
+    out = {}
+    held = set(held) if old is None else set()
+    for slot, routes in new.items():
+        before = {f.key: f.since for f in old.get(slot, ())} if old else {}
+        default = _OLDEST if slot in held else mono
+        out[slot] = tuple(f._replace(since=before.get(f.key, default)) for f in routes)
+    return out
 
 
 @dataclass

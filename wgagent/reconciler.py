@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 
 from .observer import KernelView
-from .policy import Desired, RoutePlan, RulePlan, plan_routes, plan_rules
+from .policy import Desired, RoutePlan, RulePlan, conflicting, date_foreign, plan_routes, plan_rules
 from .reporter import Reporter, owner
 
 GONE = (errno.ESRCH, errno.ENOENT, errno.ENODEV)  # a delete of what is already gone: done
@@ -23,17 +23,50 @@ class Reconciler:
         self.rtnl = rtnl
         self.reporter = reporter
         self.view = KernelView()
+        self.read = False  # the kernel read at least once
         self.dirty = True
 
     def seen(self, view: KernelView) -> None:
+        """A fresh read of the kernel. The routes of others keep the date they were
+        first seen (the hand-off compares it with handshakes); in the first read,
+        those beside a route we adopted count as older than any handshake."""
+        view.foreign = date_foreign(self.view.foreign if self.read else None, view.foreign, view.read_at,
+                                    {r.slot for r in view.owned})
         self.view = view
+        self.read = True
         self.dirty = False
 
-    def plan(self, desired: Desired, keep: set[str]) -> tuple[RoutePlan, RulePlan]:
-        """keep: interfaces whose routes stay as they are (unreadable this pass)."""
+    def note(self, events, mono: float) -> None:
+        """Routes of others that appeared, changed or went in slots of interest
+        (rtnl.RouteEvent), applied to the view without a dump. A route is one per
+        (slot, metric): an RTM_NEWROUTE replaces what sat there (a changed next hop is
+        a new route, dated now), a non-unicast one (Babel's unreachable) only removes
+        it. One that replaced a route of ours (the same metric: BIRD's IPv4 replace
+        does not check the protocol) leaves the view dirty: read it all again."""
+        foreign = self.view.foreign
+        for ev in events:
+            f = ev.route
+            here = foreign.get(ev.slot, ())
+            if ev.deleted:
+                rest = tuple(x for x in here if not (x.metric == f.metric and x.proto == f.proto))
+            else:
+                if any(r.slot == ev.slot and r.metric == f.metric for r in self.view.owned):
+                    self.dirty = True
+                rest = tuple(x for x in here if x.metric != f.metric)
+                if ev.unicast:
+                    before = next((x.since for x in here if x.key == f.key), mono)
+                    rest += (f._replace(since=before),)
+            if rest:
+                foreign[ev.slot] = rest
+            else:
+                foreign.pop(ev.slot, None)
+
+    def plan(self, desired: Desired, keep: set[str], yield_to=lambda ifname: frozenset()) -> tuple[RoutePlan, RulePlan]:
+        """keep: interfaces whose routes stay as they are (unreadable this pass);
+        yield_to(ifname): the protocols whose routes beside ours are no conflict."""
         wanted = set(desired.routes)
         wanted.update(desired.path_routes)
-        return (plan_routes(wanted, self.view.owned, self.view.foreign, keep),
+        return (plan_routes(wanted, self.view.owned, conflicting(wanted, self.view.foreign, yield_to), keep),
                 plan_rules(desired.rules, self.view.rules))
 
     def apply(self, plan: RoutePlan, rule_plan: RulePlan, links, desired: Desired, previous: Desired) -> dict:

@@ -19,7 +19,7 @@ import os
 
 from . import log as log_mod
 from . import rundir
-from .policy import IDLE, Desired, PeerVerdict, handshake_age
+from .policy import IDLE, MOVED, Desired, PeerVerdict, handshake_age
 
 BURST = 20  # more changes of one kind in one pass than this: one summary line (see lines())
 
@@ -102,10 +102,11 @@ def peer_fields(v: PeerVerdict) -> dict:
 
 
 class Reporter:
-    def __init__(self, log, table_name):
+    def __init__(self, log, table_name, proto_name=str):
         self.log = log
         self.notifiers: list = []  # called with (event, fields) after the log lines (see lines())
         self.table_name = table_name  # number -> name from rt_tables
+        self.proto_name = proto_name  # number -> name from rt_protos
         self.up: dict[tuple[str, str], PeerVerdict] = {}  # peers said to be up
         self.interfaces = Once()  # name -> error ("" when readable)
         self.failures = Once()  # a kernel change -> errno, while it keeps failing
@@ -116,6 +117,8 @@ class Reporter:
         self.links_down = Once()  # device names that hold back routes
         self.skipped = Once()  # (interface, peer key, prefix) routes that would carry the endpoint
         self.released = Once()  # interfaces unreadable for too long
+        self.moved = Once()  # (interface, key) of peers held back -> their handshake when they moved
+        self.outranked = Once()  # (slot, protocol, metric) of yield_to routes that win over ours
         self.idle = IdleFile()
 
     # --- one line per change; bursts summed up
@@ -179,6 +182,7 @@ class Reporter:
         now_up: dict[tuple[str, str], PeerVerdict] = {}
         lines = []
         idle = set()
+        held: dict[tuple[str, str], PeerVerdict] = {}
         for v in desired.verdicts:
             if v.up:
                 key = (v.interface, v.peer.public_key)
@@ -187,7 +191,9 @@ class Reporter:
                     lines.append(("peer_up", peer_fields(v), peer_note(v)))
             elif v.reason == IDLE:
                 idle.add((v.interface, v.peer.public_key))
-        self.idle.write(idle, self.log)
+            elif v.reason == MOVED:
+                held[(v.interface, v.peer.public_key)] = v
+        self.idle.write(idle, self.log, {k: moved_fields(desired.moved[k], self.proto_name) for k in held})
         gone = was_up.keys() - now_up.keys()
         if gone:
             seen = {(v.interface, v.peer.public_key): v for v in desired.verdicts}
@@ -195,6 +201,8 @@ class Reporter:
                 v = was_up[key]
                 if v.interface in kept:
                     now_up[key] = v  # unreadable this time: keep what we knew
+                elif key in held:
+                    continue  # said as peer_moved
                 elif key in seen:
                     now = seen[key]
                     lines.append(("peer_down", peer_fields(now),
@@ -203,8 +211,34 @@ class Reporter:
                     reason = "peer-removed" if v.interface in present else "interface-gone"
                     lines.append(("peer_down", {"iface": v.interface, "peer": v.label, "reason": reason},
                                   peer_note(v, reason)))
+        for key, v in sorted(held.items()):
+            record = desired.moved[key]
+            if self.moved.changed(key, record.handshake):  # once per move
+                fields = {"iface": v.interface, "peer": v.label}
+                fields.update((k, v or "-") for k, v in moved_fields(record, self.proto_name).items())
+                fields["detail"] = "connected at another router since its last handshake here: routes withdrawn " \
+                                   "until its next handshake here"
+                lines.append(("peer_moved", fields, peer_note(v, "moved")))
+        self.moved.keep(desired.moved)  # a held peer that falls idle is not said moved again
         self.up = now_up
         self.lines(lines)
+
+    def route_outranked(self, outranked) -> None:
+        """Our routes beside a routing daemon's that wins the kernel's lookup or sits at
+        our metric (policy.outranked): the hand-off cannot work so."""
+        current = set()
+        for route, f in outranked:
+            key = (route.slot, f.proto, f.metric)
+            current.add(key)
+            if self.outranked.changed(key):
+                same = f.metric == route.metric
+                self.log.warning(
+                    "route_outranked", iface=route.ifname, prefix=route.prefix, metric=route.metric,
+                    other_proto=self.proto_name(f.proto), other_metric=f.metric,
+                    hint=("the same metric as the other protocol's route: BIRD's IPv4 replace would overwrite ours"
+                          if same else "the other protocol's route wins the lookup (an IPv6 metric 0 is 1024)") +
+                    f"; set option metric below {f.metric} (1 for BIRD's default 32) on interface {route.ifname}")
+        self.outranked.keep(current)
 
     def interface_states(self, states) -> None:
         for s in states:
@@ -341,6 +375,13 @@ class Reporter:
         self.lines(lines)
 
 
+def moved_fields(record, proto_name) -> dict:
+    """Where a held-back peer went: the claiming route, as log lines and status say it."""
+    claim = record.claim
+    return {"prefix": record.route.prefix, "proto": proto_name(claim.proto), "gateway": claim.gateway or None,
+            "device": claim.device or None}
+
+
 def owner(item, desired: Desired, previous: Desired) -> str:
     """Who wants (or wanted) a route or rule: "peer <label>", "return_path <name>", "-"."""
     for d in (desired, previous):
@@ -367,29 +408,46 @@ def read_idle_state() -> set[tuple[str, str]]:
     """(interface, public key) of the peers the running daemon holds idle; empty when
     no daemon runs here (its file is gone, or its pid is not alive)."""
     try:
-        state = json.loads(rundir.read(idle_state_path()))
-        os.kill(state["pid"], 0)
-        return {(iface, key) for iface, key in state["idle"]}
+        return {(iface, key) for iface, key in _read_state()["idle"]}
     except (OSError, ValueError, KeyError, TypeError):
         return set()
 
 
+def read_moved_state() -> dict[tuple[str, str], dict]:
+    """(interface, public key) -> where it went (moved_fields), for the peers the
+    running daemon holds back because another router claimed them."""
+    try:
+        return {(iface, key): dict(where) for iface, key, where in _read_state().get("moved", [])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _read_state() -> dict:
+    state = json.loads(rundir.read(idle_state_path()))
+    os.kill(state["pid"], 0)
+    return state
+
+
 class IdleFile:
-    """The idle file, written (rundir.write: private, atomic) only when its content
-    changes."""
+    """The idle file (the peers held idle, and those held back as moved), written
+    (rundir.write: private, atomic) only when its content changes."""
 
     def __init__(self):
-        self.written: set | None = None  # what the file holds; None: nothing written yet
+        self.written: tuple | None = None  # what the file holds; None: nothing written yet
 
-    def write(self, idle: set, log) -> None:
-        if idle == self.written:
+    def write(self, idle: set, log, moved: dict | None = None) -> None:
+        content = (idle, moved or {})
+        if content == self.written:
             return
         path = idle_state_path()
         try:
-            rundir.write(path, json.dumps({"pid": os.getpid(), "idle": sorted(idle)}))
+            state = {"pid": os.getpid(), "idle": sorted(idle)}
+            if moved:
+                state["moved"] = [[iface, key, where] for (iface, key), where in sorted(moved.items())]
+            rundir.write(path, json.dumps(state))
         except OSError as e:
             log.warning("state_write_failed", path=path, error=str(e))
-        self.written = idle  # after a failure too: status then misses idleness; not worth a line per poll
+        self.written = content  # after a failure too: status then misses it; not worth a line per poll
 
     def remove(self) -> None:
         if self.written is not None:

@@ -13,24 +13,25 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from .model import AF_INET, AF_INET6, RTPROT_WGAGENT, Route
+from .model import AF_INET, AF_INET6, RTPROT_WGAGENT, Foreign, Route
 from .netlink import (NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, U32, Malformed, NetlinkSocket, attr, attrs,
                       message)
 
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_MULTIPATH, RTA_TABLE, RTA_VIA = 1, 4, 5, 6, 9, 15, 18
 RTN_UNICAST = 1
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 RT_TABLE_MAIN = 254
 
 RTMSG = struct.Struct("=BBBBBBBBI")
+RTNEXTHOP = struct.Struct("=HBBi")  # struct rtnexthop: len, flags, hops, ifindex
 
 
 @dataclass
 class RouteDump:
     owned: list[Route]
-    # (table, dst, prefixlen) -> protocol, for unicast routes of others
-    foreign: dict[tuple[int, str, int], int]
+    # (table, dst, prefixlen) -> the unicast routes of others in that slot (since unset)
+    foreign: dict[tuple[int, str, int], tuple[Foreign, ...]]
     # (device, family) -> gateway of the device's best default route in main (others' routes)
     gateways: dict[tuple[str, int], str]
 
@@ -68,32 +69,55 @@ def decode(data: bytes, mtype: int, off: int, end: int):
     reports either as a malformed message."""
     if mtype != RTM_NEWROUTE:
         return None
+    fields = decode_any(data, off, end)
+    return fields[1:] if fields[0] == RTN_UNICAST else None
+
+
+def decode_any(data: bytes, off: int, end: int):
+    """(type, family, table, dst, dst_len, oif, metric, gateway, protocol) of a route
+    message of any type (unicast, unreachable, ...). The gateway is RTA_GATEWAY's, or
+    RTA_VIA's (an IPv4 route via an IPv6 next hop), or the first hop's of a multipath
+    route, whose device is then the oif."""
     if end - off < RTMSG.size:
         raise Malformed("route message shorter than struct rtmsg")
     (fam, dst_len, _src_len, _tos, table, proto, _scope, rtype, _flags) = RTMSG.unpack_from(data, off)
-    if rtype != RTN_UNICAST:
-        return None
     a = attrs(data, off + RTMSG.size, end)
     if RTA_TABLE in a:
         table = U32.unpack(a[RTA_TABLE])[0]
     dst = socket.inet_ntop(fam, a[RTA_DST]) if RTA_DST in a else ("::" if fam == AF_INET6 else "0.0.0.0")
     oif = U32.unpack(a[RTA_OIF])[0] if RTA_OIF in a else 0
     metric = U32.unpack(a[RTA_PRIORITY])[0] if RTA_PRIORITY in a else 0
-    gateway = socket.inet_ntop(fam, a[RTA_GATEWAY]) if RTA_GATEWAY in a else ""
-    return fam, table, dst, dst_len, oif, metric, gateway, proto
+    hop = a
+    if RTA_MULTIPATH in a and RTA_OIF not in a:
+        first = a[RTA_MULTIPATH]
+        length, _, _, oif = RTNEXTHOP.unpack_from(first, 0)
+        hop = attrs(first, RTNEXTHOP.size, min(length, len(first)))
+    gateway = _gateway(fam, hop)
+    return rtype, fam, table, dst, dst_len, oif, metric, gateway, proto
+
+
+def _gateway(family: int, a: dict) -> str:
+    if RTA_GATEWAY in a:
+        return socket.inet_ntop(family, a[RTA_GATEWAY])
+    if RTA_VIA in a:  # struct rtvia: the address family, then the address
+        via = a[RTA_VIA]
+        return socket.inet_ntop(struct.unpack_from("=H", via)[0], via[2:])
+    return ""
 
 
 def dump(sock: NetlinkSocket, index_to_name: dict[int, str]) -> RouteDump:
     """All unicast routes of both families and every table, split into ours and others'."""
     owned: list[Route] = []
-    foreign: dict[tuple[int, str, int], int] = {}
+    foreign: dict[tuple[int, str, int], tuple[Foreign, ...]] = {}
+    get = foreign.get
     best: dict[tuple[str, int], tuple[int, str]] = {}
     bodies = [RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0) for family in (AF_INET, AF_INET6)]
     for fam, table, dst, dst_len, oif, metric, gateway, proto in sock.dump(RTM_GETROUTE, bodies, decode, "route dump"):
         if proto == RTPROT_WGAGENT:
             owned.append(Route(table, dst, dst_len, index_to_name.get(oif, f"if{oif}"), metric, gateway))
             continue
-        foreign.setdefault((table, dst, dst_len), proto)
+        slot = (table, dst, dst_len)
+        foreign[slot] = get(slot, ()) + (Foreign(proto, metric, gateway, index_to_name.get(oif, f"if{oif}")),)
         if dst_len == 0 and table == RT_TABLE_MAIN and oif in index_to_name and gateway:
             key = (index_to_name[oif], fam)
             if key not in best or metric < best[key][0]:

@@ -3,14 +3,15 @@ status` answers, built by one pure function from what was observed, for the
 command (read fresh) and for the daemon (its last pass) alike.
 
     {"interfaces": [{"name", "backend", "error", "table", "peers": [peer, ...]}],
-     "conflicts": [...], "return_paths": [...], "problems": [...],
+     "conflicts": [...], "return_paths": [...], "problems": [...], "mesh": {...}?,
      "other_owned_routes": [...], "owned_rules": [...], "firewall": {...}?,
      "daemon": {"running": bool, "pid": int | null, "updated": unix time}}
 
     peer: {"interface", "public_key", "short_key", "description", "endpoint",
            "handshake_age" (seconds as of "updated"), "up", "reason",
            "state": "up" | "down" | "idle" | "moved", "rx_bytes", "tx_bytes",
-           "allowed_ips", "routes", "rules"}
+           "allowed_ips", "routes", "rules",
+           "moved": {"prefix", "proto", "gateway", "device"} | null}
 
 dumps() writes it with each peer on a line of its own, starting with a tab: the rpcd
 plugin answers `peers` by picking those lines with awk (it has no JSON parser).
@@ -46,13 +47,24 @@ def peer_state(up: bool, reason: str) -> str:
     return DOWN
 
 
-def document(cfg, states, desired, view, problems, *, age, idle=frozenset(), firewall=None,
-             daemon=None) -> dict:
+def document(cfg, states, desired, view, problems, *, age, idle=frozenset(), moved=None, firewall=None,
+             daemon=None, mesh=None) -> dict:
     """states: the InterfaceStates read; desired: policy.Desired; view: the kernel
     as read (KernelView); age(verdict): its handshake age now, or None; idle: (iface,
-    key) that the daemon holds idle, for a reader without its rx history; firewall:
-    the firewall entry or None; daemon: the "daemon" entry."""
+    key) that the daemon holds idle, for a reader without its rx history; moved:
+    (iface, key) -> where it went (reporter.moved_fields) for the peers held back
+    because another router claimed them (None: desired.moved's own, the daemon's
+    view); firewall: the firewall entry or None; daemon: the "daemon" entry; mesh:
+    what check says of the routing daemons beside us, or None."""
+    from .policy import conflicting
+    from .reporter import moved_fields
+
+    if moved is None:
+        moved = {k: moved_fields(m, lambda p: config_mod.proto_name(p, cfg.protos))
+                 for k, m in desired.moved.items()}
     out = {"interfaces": [], "conflicts": [], "return_paths": [], "problems": list(problems)}
+    if mesh is not None:
+        out["mesh"] = mesh
     by_iface: dict[str, list] = {}
     for v in desired.verdicts:
         by_iface.setdefault(v.interface, []).append(v)
@@ -62,8 +74,12 @@ def document(cfg, states, desired, view, problems, *, age, idle=frozenset(), fir
                  "table": config_mod.table_name(iface.table, cfg.tables), "peers": []}
         for v in by_iface.get(state.name, ()):
             up, reason = v.up, v.reason
-            if up and (v.interface, v.peer.public_key) in idle:
+            key = (v.interface, v.peer.public_key)
+            where = moved.get(key) if up or reason == MOVED else None
+            if up and key in idle:
                 up, reason = False, IDLE
+            elif where is not None:
+                up, reason = False, MOVED
             a = age(v)
             entry["peers"].append({
                 "interface": v.interface, "public_key": v.peer.public_key, "short_key": v.peer.short_key,
@@ -74,11 +90,17 @@ def document(cfg, states, desired, view, problems, *, age, idle=frozenset(), fir
                 "allowed_ips": list(v.peer.allowed_ips),
                 "routes": [r.prefix for r in v.routes if r in view.owned],
                 "rules": [r.describe() for r in v.rules if r in view.rules],
+                "moved": {k: where[k] for k in ("prefix", "proto", "gateway", "device")} if where else None,
             })
         out["interfaces"].append(entry)
+    def yield_to(ifname):
+        iface = cfg.interface(ifname)
+        return iface.yield_to if iface is not None else frozenset()
+
+    held = conflicting({r for v in desired.verdicts for r in v.routes}, view.foreign, yield_to)
     for v in desired.verdicts:
         for r in v.routes:
-            proto = view.foreign.get(r.slot)
+            proto = held.get(r.slot)
             if proto is not None:
                 out["conflicts"].append({"interface": v.interface, "prefix": r.prefix,
                                          "table": config_mod.table_name(r.table, cfg.tables), "proto": proto})

@@ -24,6 +24,13 @@ var RT_TABLES = [ '/etc/iproute2/rt_tables', '/usr/share/iproute2/rt_tables' ];
 
 var B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/';
 
+/* config.BUILTIN_PROTOS: iproute2's own route protocol names (yield_to) */
+var BUILTIN_PROTOS = {
+	'unspec': 0, 'redirect': 1, 'kernel': 2, 'boot': 3, 'static': 4, 'gated': 8, 'ra': 9, 'mrt': 10,
+	'zebra': 11, 'bird': 12, 'dnrouted': 13, 'xorp': 14, 'ntk': 15, 'dhcp': 16, 'keepalived': 18,
+	'babel': 42, 'openr': 99, 'bgp': 186, 'isis': 187, 'ospf': 188, 'rip': 189, 'eigrp': 192
+};
+
 /* int(text, 0) as Python reads it: a sign, then 0x/0o/0b digits or decimal
  * without leading zeros (zeros alone are fine), single underscores between digits */
 function pyInt0(text) {
@@ -169,6 +176,21 @@ return baseclass.extend({
 		}
 
 		return _('unknown table name (not a number and not in /etc/iproute2/rt_tables)');
+	},
+
+	/* config.protocols, one entry of yield_to: a number 0..255 or a protocol name
+	 * (the built-in ones only: names of rt_protos.d files are refused here), or
+	 * 'none' alone (all: the list's entries) */
+	protocol: function(value, all) {
+		if (value === '')
+			return true;
+		if (value == 'none')
+			return ((all || []).filter(function(v) { return v !== ''; }).length > 1)
+				? _('"none" turns yield_to off and stands alone') : true;
+		if (/^[0-9]+$/.test(value))
+			return (+value <= 255) ? true : _('protocol %s out of range: must be 0..255').format(value);
+		return Object.prototype.hasOwnProperty.call(BUILTIN_PROTOS, value)
+			? true : _('unknown protocol "%s" (not a number 0..255 and not one of iproute2\'s names)').format(value);
 	},
 
 	/* config.ifname: a kernel interface name */

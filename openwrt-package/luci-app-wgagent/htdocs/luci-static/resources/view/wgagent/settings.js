@@ -239,6 +239,15 @@ return view.extend({
 			_('ip rule "from <AllowedIP> lookup" this table for the up peers.'), tables);
 		o.modalonly = true;
 
+		o = s.option(form.DynamicList, 'yield_to', _('Yield to'),
+			_('Protocols of routing daemons (BIRD) whose route for a peer\'s prefix means it is connected at ' +
+			  'another router: wgagent\'s route goes beside it, and hands the peer off (README "Many sites"). ' +
+			  'Empty: bird zebra babel bgp isis ospf rip eigrp; "none": off.'));
+		o.modalonly = true;
+		o.validate = function(section_id, value) {
+			return wgv.protocol(value, this.section.formvalue(section_id, 'yield_to'));
+		};
+
 		/* --- config peer: optional per-peer settings */
 		s = gridSection(m, 'peer', _('Peers'),
 			_('Optional per-peer settings, by public key as `wg show` prints it.'));
