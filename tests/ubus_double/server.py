@@ -10,7 +10,9 @@ at once. A client may keep its connection (python-ubus does); close() drops ever
 connection, as a ubusd restart does.
 
 Run as a process of its own (`python -m tests.ubus_double.server SOCK CONFDIR
-[--delay S]`) when the client under test must not share the test's interpreter.
+[--savedir D] [--rundir D] [--delay S]`) when the client under test must not share
+the test's interpreter, or must see ubusd and rpcd die (kill -9) and come back: a
+restart with the same --rundir purges the sessions' savedirs, as rpcd's start does.
 """
 
 from __future__ import annotations
@@ -122,9 +124,10 @@ def main(argv=None):
     p.add_argument("socket")
     p.add_argument("confdir")
     p.add_argument("--savedir")
+    p.add_argument("--rundir", help="rpcd's /var/run/rpcd (sessions' savedirs): one that outlives a restart")
     p.add_argument("--delay", type=float, default=0.0)
     a = p.parse_args(argv)
-    d = UbusDouble(a.socket, a.confdir, a.savedir)
+    d = UbusDouble(a.socket, a.confdir, a.savedir, a.rundir)
     d.delay = a.delay
     print("ready", flush=True)
     signal.sigwait({signal.SIGTERM, signal.SIGINT})
