@@ -382,6 +382,21 @@ def test_a_reload_with_a_bad_config_keeps_the_running_one(world):
     assert "poll_interval" in world.log.events("reload_failed")[0]["error"]
 
 
+def test_a_reload_of_an_emptied_file_keeps_the_running_config(world):
+    """A file cut to nothing (an editor's truncate, a full disk) is no config that
+    means "route nothing": the running one stays, and says so once."""
+    d = world.daemon()
+    world.sources.peers["wg0"] = (peer(K1, "10.0.31.5/32", WALL0 - 5),)
+    assert d.reconcile() and world.routes() == {"10.0.31.5/32"}
+    open(world.path, "w").close()
+    assert d.reload() is False
+    assert [i.name for i in d.config.interfaces] == ["wg0"]
+    world.clocks.step(1)
+    assert d.reconcile() and world.routes() == {"10.0.31.5/32"}
+    (line,) = world.log.events("reload_failed")
+    assert line["error"].startswith(world.path + ": no sections")
+
+
 @pytest.fixture(params=["python-ubus", "ubus-cli"])
 def transport(request, monkeypatch):
     if request.param == "python-ubus":
