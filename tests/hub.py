@@ -222,9 +222,12 @@ class Hub:
         self.lab.procs.remove(self.wggo)
         wait_for(lambda: "wg0" not in self.ns.ip("-o", "link", "show"), 10, what="wg0 gone")
 
-    def start_bus(self):
+    def start_bus(self, delay: float = 0.0):
+        """delay: seconds before each answer (a busy rpcd: a write then takes long enough
+        to be killed in the middle)."""
         self.bus = subprocess.Popen([sys.executable, "-m", "tests.ubus_double.server", self.ubus_sock,
-                                     self.confdir, "--savedir", self.savedir, "--rundir", self.rpcd_run],
+                                     self.confdir, "--savedir", self.savedir, "--rundir", self.rpcd_run,
+                                     "--delay", str(delay)],
                                     cwd=ROOT, stdout=subprocess.PIPE, text=True)
         self.lab.procs.append(self.bus)
         assert self.bus.stdout.readline().strip() == "ready"
@@ -237,9 +240,11 @@ class Hub:
         if os.path.exists(self.ubus_sock):
             os.unlink(self.ubus_sock)  # ubusd removes a stale socket at start; the double binds anew
 
-    def config_text(self, extra_agent: str = "") -> str:
-        out = [f"config agent 'main'\n\toption poll_interval '{self.poll}'\n"
-               f"\toption handshake_timeout '{self.handshake_timeout}'\n\toption ubus_socket '{self.ubus_sock}'\n"
+    def config_text(self, extra_agent: str = "", poll: float | None = None,
+                    handshake_timeout: float | None = None) -> str:
+        out = [f"config agent 'main'\n\toption poll_interval '{poll or self.poll}'\n"
+               f"\toption handshake_timeout '{handshake_timeout or self.handshake_timeout}'\n"
+               f"\toption ubus_socket '{self.ubus_sock}'\n"
                + extra_agent,
                "config interface 'wg0'\n"]
         for i in range(0, self.n, SUBSET):
@@ -251,11 +256,11 @@ class Hub:
         out.append("config nat 'pool'\n\toption src_ip '10.64.0.0/16'\n\toption device 'lan0'\n")
         return "\n".join(out)
 
-    def agent(self, name: str = "wgagent", text: str | None = None) -> Agent:
-        return Agent(self.lab, self.ns, text if text is not None else self.config_text(), name=name)
+    def agent(self, name: str = "wgagent", text: str | None = None, **config) -> Agent:
+        return Agent(self.lab, self.ns, text if text is not None else self.config_text(**config), name=name)
 
-    def start(self, agent: Agent, *extra: str, env: dict | None = None) -> Agent:
-        return agent.start(*extra, env=dict(self.env(), **(env or {})))
+    def start(self, agent: Agent, *extra: str, env: dict | None = None, command: list[str] | None = None) -> Agent:
+        return agent.start(*extra, env=dict(self.env(), **(env or {})), command=command)
 
     def env(self) -> dict:
         return {"WGAGENT_UBUS_CLI": UBUS_CLI, "PYTHONPATH": ROOT}
@@ -323,7 +328,7 @@ class Hub:
             rules.add(Rule(fam, RULE_BASE, 254, "", 0, 0))
         return sorted(list(r) for r in routes), sorted(list(r) for r in rules)
 
-    def problems(self, up=None, snap: dict | None = None, firewall: bool = True) -> list[str]:
+    def problems(self, up=None, snap: dict | None = None, firewall: bool = True, foreign: bool = True) -> list[str]:
         """What breaks the invariant now (empty: it holds)."""
         snap = snap or self.snapshot()
         want_routes, want_rules = self.expected(up)
@@ -339,7 +344,7 @@ class Hub:
             if missing or extra:
                 out.append(f"{what}: {len(missing)} missing (e.g. {missing[:2]}), {len(extra)} not wanted "
                            f"(e.g. {extra[:2]})")
-        for what in ("foreign_routes", "foreign_rules"):
+        for what in ("foreign_routes", "foreign_rules") if foreign else ():
             if snap[what] != self.baseline[what]:
                 gone = sorted(set(self.baseline[what]) - set(snap[what]))
                 new = sorted(set(snap[what]) - set(self.baseline[what]))
@@ -352,14 +357,14 @@ class Hub:
         problems = self.problems(up, firewall=firewall)
         assert not problems, "the invariant does not hold: " + "; ".join(problems)
 
-    def converge(self, timeout: float, up=None, firewall: bool = True) -> float:
+    def converge(self, timeout: float, up=None, firewall: bool = True, foreign: bool = True) -> float:
         """Seconds until the invariant holds (AssertionError naming what is off after timeout)."""
         t0 = time.monotonic()
         last: list[str] = []
 
         def holds():
             nonlocal last
-            last = self.problems(up, firewall=firewall)
+            last = self.problems(up, firewall=firewall, foreign=foreign)
             return not last
 
         try:
