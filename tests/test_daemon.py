@@ -254,6 +254,24 @@ def test_a_refused_change_is_retried_every_pass_without_backoff(world):
     assert d.reconcile() == daemon_mod.Pass.WHOLE and world.routes() == {"10.0.31.5/32"}
 
 
+def test_a_burst_of_refused_changes_is_one_warning_not_one_per_route(world):
+    """A read that outlived its interface (deleted while it was read): the pass plans
+    every route of it, and the kernel refuses each one (ENODEV). 1,500 warnings in one
+    pass would wipe logread's 64 KiB ring buffer; one line per kind and error says it."""
+    d = world.daemon()
+    world.sources.peers["wg0"] = tuple(peer(f"{i:043d}=", f"10.64.{i // 256}.{i % 256}/32", WALL0 - 5)
+                                       for i in range(1500))
+    world.kernel.apply_routes = lambda changes: [errno.ENODEV] * len(changes)
+    for _ in range(3):
+        world.clocks.step(1)
+        assert d.reconcile() == daemon_mod.Pass.REFUSED
+    warnings = [(event, kw) for level, event, kw in world.log.lines if level == "warning"]
+    assert warnings == [("routes_add_failed", {"iface": "wg0", "error": os.strerror(errno.ENODEV), "count": 1500,
+                                               "first": "10.64.0.0/32,10.64.0.1/32,10.64.0.10/32,10.64.0.100/32,"
+                                                        "10.64.0.101/32,…",
+                                               "detail": "one line each at log_level debug"})]
+
+
 def test_a_programming_error_is_not_swallowed(world):
     d = world.daemon()
     world.kernel.fail["links"] = 0

@@ -83,27 +83,28 @@ class Reporter:
 
     # --- one line per change; bursts summed up
 
-    def lines(self, lines: list[tuple[str, dict]]) -> None:
-        """One info line per change; but a burst (a hub starting with thousands of
-        peers) is summed up in one line per kind and interface, with the lines each
-        at debug: logread's ring buffer is 64 KiB on a default OpenWrt, and 10,000
-        lines would wipe it (and cost seconds to write)."""
+    def lines(self, lines: list[tuple[str, dict]], level: str = "info", by: tuple[str, ...] = ("iface",)) -> None:
+        """One line per change; but a burst (a hub starting with thousands of peers)
+        is summed up in one line per kind and per value of the fields `by` (the
+        interface), with the lines each at debug: logread's ring buffer is 64 KiB on
+        a default OpenWrt, and 10,000 lines would wipe it (and cost seconds to write)."""
+        say = getattr(self.log, level)
         if len(lines) <= BURST:
             for event, fields in lines:
-                self.log.info(event, **fields)
+                say(event, **fields)
             return
         if log_mod.enabled("debug"):
             for event, fields in lines:
                 self.log.debug(event, **fields)
-        groups: dict[tuple[str, str], list[dict]] = {}
+        groups: dict[tuple, list[dict]] = {}
         for event, fields in lines:
-            groups.setdefault((event, fields.get("iface", "")), []).append(fields)
-        for (event, iface), group in groups.items():
-            who = [f.get("peer") or f.get("owner", "-") for f in group]
-            summary = {"iface": iface} if iface else {}
+            groups.setdefault((event, *(fields.get(k, "") for k in by)), []).append(fields)
+        for (event, *values), group in groups.items():
+            who = [f.get("peer") or f.get("owner") or f.get("prefix") or f.get("rule", "-") for f in group]
+            summary = {k: v for k, v in zip(by, values) if v}
             summary.update(count=len(group), first=",".join(who[:5]) + (",…" if len(who) > 5 else ""),
                            detail="one line each at log_level debug")
-            self.log.info(event.replace("_", "s_", 1), **summary)  # peer_up -> peers_up
+            say(event.replace("_", "s_", 1), **summary)  # peer_up -> peers_up, route_add_failed -> routes_add_failed
 
     # --- peers
 
@@ -187,10 +188,15 @@ class Reporter:
         if self.reads.forget(what):
             self.log.info("read_recovered", what=what)
 
-    def change_failed(self, event: str, key, code: int, error_text: str = "", **fields) -> None:
-        if self.failures.changed(key, code):
-            self.log.warning(event, error=error_text or os.strerror(code), **fields,
-                             retry="every pass; logged again if the error changes")
+    def changes_failed(self, failed: list[tuple[str, object, int, str, dict]]) -> None:
+        """The changes the kernel refused in one pass: (event, key, errno, error text,
+        fields). Each is said once per distinct error, and again when it changes; more
+        than BURST of one kind and error (a read that outlived its interface: every
+        route of it refused, ENODEV) are one warning per kind, interface and error."""
+        lines = [(event, {"error": text or os.strerror(code), **fields,
+                          "retry": "every pass; logged again if the error changes"})
+                 for event, key, code, text, fields in failed if self.failures.changed(key, code)]
+        self.lines(lines, "warning", by=("iface", "error"))
 
     def change_done(self, key) -> None:
         self.failures.forget(key)
