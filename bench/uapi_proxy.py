@@ -23,7 +23,9 @@ How the up peers' counters move, by a line "mode=..." in the control file:
   that stamp when the clock steps. A peer that goes down keeps its last stamp and
   counter, as the kernel does: its handshake ages out.
 A line "HEXKEY ENDPOINT" (any mode) also makes that peer up and sets the endpoint
-it is reported at (a roaming peer).
+it is reported at (a roaming peer). A line "pause=SECONDS" sends each answer in two
+halves that far apart: a read then lasts long enough for the interface to go away
+in the middle of it.
 
 Usage: uapi_proxy.py LISTEN_SOCKET UPSTREAM_SOCKET CONTROL_FILE
 """
@@ -174,6 +176,11 @@ def serve(conn, upstream: str, control: Control, real: Real):
                 if request.startswith(b"get=1"):
                     up, mode = control.current()
                     answer = rewrite(answer, up, mode, control, real)
+                pause = control.settings.get("pause", 0.0)
+                if pause:
+                    conn.sendall(answer[:len(answer) // 2])
+                    time.sleep(pause)
+                    answer = answer[len(answer) // 2:]
                 conn.sendall(answer)
 
 

@@ -52,16 +52,23 @@ class Agent:
         with open(self.config, "w") as f:
             f.write(text)
 
-    def start(self, *extra: str, env: dict | None = None, command: list[str] | None = None) -> "Agent":
+    def start(self, *extra: str, env: dict | None = None, command: list[str] | None = None,
+              spawned=None) -> "Agent":
         """`wgagent run` on this agent's config; or `command` (a harness that runs the
-        daemon in-process, e.g. with an injected clock), which is given the config path."""
+        daemon in-process, e.g. with an injected clock), which is given the config path.
+        spawned(pid) is called as soon as the process exists, before it has started."""
+        started = len(self.events("started"))  # a restart appends to the same log
         log = open(self.logfile, "a")
         argv = [*command, self.config, *extra] if command else \
             [sys.executable, "-m", "wgagent", "run", "--config", self.config, "--log", "stderr", *extra]
         self.proc = self.ns.popen(*argv, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})))
         log.close()
-        wait_for(lambda: "event=started" in self.log() or self.proc.poll() is not None, 20, what="daemon start")
-        assert self.proc.poll() is None, f"wgagent exited {self.proc.returncode}:\n{self.log()}"
+        if spawned is not None:
+            spawned(self.proc.pid)
+        wait_for(lambda: len(self.events("started")) > started or self.proc.poll() is not None, 20,
+                 what="daemon start")
+        # started (it may be gone again since: a test that kills it at once)
+        assert len(self.events("started")) > started, f"wgagent exited {self.proc.returncode}:\n{self.log()}"
         return self
 
     def log(self) -> str:
