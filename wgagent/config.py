@@ -518,6 +518,10 @@ def _check_zones(path: str, zones: list[ZoneConfig], nats: list[NatConfig], warn
 
 
 def _nat(path: str, label: str, values: dict) -> NatConfig:
+    try:  # it names the firewall section (wgagent_nat_<label>): a YAML label may hold anything
+        uci_name(label)
+    except ValueError as e:
+        raise ConfigError(path, label, None, None, f"section name: {e}") from None
     if bool(values.get("device")) == bool(values.get("dest")):
         raise ConfigError(path, label, "device", values.get("device"),
                           "set exactly one of 'device' (outgoing device) or 'dest' (outgoing zone)")
