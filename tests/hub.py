@@ -36,7 +36,7 @@ from wgagent import uci
 from wgagent.model import AF_INET, AF_INET6, Route, Rule
 
 from .daemonctl import Agent, wait_for
-from .lab import Lab, genkey
+from .lab import SLOWDOWN, Lab, genkey
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -133,10 +133,15 @@ for line in sys.stdin:
 
 
 class Hub:
+    """backend "uapi": wireguard-go behind the proxy, the test names the up peers.
+    backend "kernel" (the test VM): kernel WireGuard, which cannot be told a peer is
+    up: the peers in `phones` get real key pairs and a namespace of their own each
+    (a veth to the hub, kernel WireGuard, PersistentKeepalive 1), and are the ones up."""
+
     def __init__(self, lab: Lab, n: int = 1000, poll: float = 1.0, handshake_timeout: float = 180,
-                 mode: str = "moving", short: str = "h"):
+                 mode: str = "moving", short: str = "h", backend: str = "uapi", phones=()):
         self.lab, self.n, self.poll, self.handshake_timeout = lab, n, poll, handshake_timeout
-        self.mode = mode
+        self.mode, self.backend = mode, backend
         self.ns = ns = lab.netns(short)
         # no IPv6 link-local on devices made from now on: a re-created wg0 would get a new
         # random one, and with it routes of the kernel that were not there before
@@ -146,7 +151,10 @@ class Hub:
         ns.ip("addr", "add", "fd77:1::1/64", "dev", "lan0", "nodad")
         ns.ip("link", "set", "lan0", "up")
         self.keys = [os.urandom(32) for _ in range(n)]
-        self.private = genkey()[0]
+        self.phone_keys = {i: genkey() for i in phones}
+        for i, (_, pub) in self.phone_keys.items():
+            self.keys[i] = base64.b64decode(pub)
+        self.private, self.public = genkey()
         self.real = os.path.join(lab.tmp, f"{short}-real-wireguard")
         os.makedirs(self.real)
         self.control = os.path.join(lab.tmp, f"{short}-up")
@@ -157,16 +165,19 @@ class Hub:
         self.set_up(())
         self.wggo = None
         self.start_wireguard()
-        self.proxy = subprocess.Popen([sys.executable, PROXY, os.path.join(ns.rundir, "wg0.sock"),
-                                       os.path.join(self.real, "wg0.sock"), self.control])
-        lab.procs.append(self.proxy)
-        wait_for(lambda: os.path.exists(os.path.join(ns.rundir, "wg0.sock")), 10, what="the UAPI proxy")
+        if backend == "uapi":
+            self.proxy = subprocess.Popen([sys.executable, PROXY, os.path.join(ns.rundir, "wg0.sock"),
+                                           os.path.join(self.real, "wg0.sock"), self.control])
+            lab.procs.append(self.proxy)
+            wait_for(lambda: os.path.exists(os.path.join(ns.rundir, "wg0.sock")), 10, what="the UAPI proxy")
+        for i in phones:
+            self.add_phone(i)
         for cmd in OTHER_ROUTES:
             ns.ip(*cmd)
         self.netifd_rules()
         self.conflict_route()
         # the bus: ubusd and rpcd (the double), the firewall as the router had it
-        self.confdir = os.path.join(lab.tmp, f"{short}-config")
+        self.confdir = os.path.join(lab.tmp, f"{short}-etc-config")
         os.makedirs(self.confdir)
         with open(os.path.join(HERE, "data", "firewall.base")) as f:
             base = f.read()
@@ -190,18 +201,23 @@ class Hub:
     # --- the parts
 
     def start_wireguard(self):
-        """wireguard-go for wg0 with every peer, up: at start, and after a test deleted it."""
+        """wg0 with every peer, up: at start, and after a test deleted it. wireguard-go
+        sees the real /run/wireguard directory; wgagent, in the namespace's usual one,
+        sees the proxy."""
         bind = ["ip", "netns", "exec", self.ns.name, "sh", "-c", 'mount --bind "$0" /run/wireguard && exec "$@"',
                 self.real]
-        sock = os.path.join(self.real, "wg0.sock")
-        if os.path.exists(sock):
-            os.unlink(sock)
-        log = open(os.path.join(self.lab.tmp, "wireguard-go.log"), "a")
-        self.wggo = subprocess.Popen(bind + ["wireguard-go", "-f", "wg0"], stdout=log, stderr=log,
-                                     env=dict(os.environ, LOG_LEVEL="error"))
-        log.close()
-        self.lab.procs.append(self.wggo)
-        wait_for(lambda: os.path.exists(sock), 10, what="wireguard-go's socket")
+        if self.backend == "kernel":
+            self.ns.ip("link", "add", "wg0", "type", "wireguard")
+        else:
+            sock = os.path.join(self.real, "wg0.sock")
+            if os.path.exists(sock):
+                os.unlink(sock)
+            log = open(os.path.join(self.lab.tmp, "wireguard-go.log"), "a")
+            self.wggo = subprocess.Popen(bind + ["wireguard-go", "-f", "wg0"], stdout=log, stderr=log,
+                                         env=dict(os.environ, LOG_LEVEL="error"))
+            log.close()
+            self.lab.procs.append(self.wggo)
+            wait_for(lambda: os.path.exists(sock), 10, what="wireguard-go's socket")
         conf = os.path.join(self.lab.tmp, "wg0.conf")
         if not os.path.exists(conf):
             with open(conf, "w") as f:
@@ -209,9 +225,30 @@ class Hub:
                 for i, k in enumerate(self.keys):
                     f.write(f"[Peer]\nPublicKey = {base64.b64encode(k).decode()}\n"
                             f"AllowedIPs = {', '.join(allowed(i))}\n\n")
-        subprocess.run(bind + ["wg", "setconf", "wg0", conf], check=True, timeout=300)
+        subprocess.run(bind + ["wg", "setconf", "wg0", conf], check=True, timeout=300 * SLOWDOWN)
         self.ns.ip("addr", "add", "10.63.0.1/32", "dev", "wg0")
         self.ns.ip("link", "set", "wg0", "up")
+
+    def add_phone(self, i: int) -> None:
+        """Peer i as a real device: its own namespace, kernel WireGuard, talking to wg0."""
+        priv, _ = self.phone_keys[i]
+        phone = self.lab.netns(f"p{i}")
+        n = len(self.lab.spaces)
+        self.lab.link(phone, "eth0", self.ns, f"vp{i}", [f"192.0.2.{n}/32"], [f"192.0.2.200/32"])
+        phone.ip("route", "add", "192.0.2.200/32", "dev", "eth0")
+        self.ns.ip("route", "add", f"192.0.2.{n}/32", "dev", f"vp{i}")
+        phone.add_wireguard("wgc", self.backend, priv, None, allowed(i))
+        phone.wg_peer("wgc", self.public, ["10.63.0.1/32"], endpoint="192.0.2.200:51820", keepalive=1)
+        phone.ip("route", "add", "10.63.0.1/32", "dev", "wgc")
+        key = base64.b64encode(self.keys[i]).decode()
+
+        def handshaken():
+            phone.ping("10.63.0.1", wait=1)  # whatever the answer: the handshake is what counts
+            out = self.ns.run("wg", "show", "wg0", "latest-handshakes").stdout.split()
+            return key in out and out[out.index(key) + 1] != "0"
+
+        wait_for(handshaken, 30, interval=0.2, what=f"phone {i}'s handshake")
+        self.up.add(i)
 
     def stop_wireguard(self, sig=None):
         """wg0 goes away with its process (wireguard-go removes the link when it ends)."""
@@ -259,8 +296,9 @@ class Hub:
     def agent(self, name: str = "wgagent", text: str | None = None, **config) -> Agent:
         return Agent(self.lab, self.ns, text if text is not None else self.config_text(**config), name=name)
 
-    def start(self, agent: Agent, *extra: str, env: dict | None = None, command: list[str] | None = None) -> Agent:
-        return agent.start(*extra, env=dict(self.env(), **(env or {})), command=command)
+    def start(self, agent: Agent, *extra: str, env: dict | None = None, command: list[str] | None = None,
+              spawned=None) -> Agent:
+        return agent.start(*extra, env=dict(self.env(), **(env or {})), command=command, spawned=spawned)
 
     def env(self) -> dict:
         return {"WGAGENT_UBUS_CLI": UBUS_CLI, "PYTHONPATH": ROOT}
@@ -268,7 +306,8 @@ class Hub:
     # --- what the peers do
 
     def set_up(self, indexes, endpoints: dict[int, str] | None = None, **settings) -> None:
-        """These peers handshaken, the others not (uapi_proxy.py's control file)."""
+        """These peers handshaken, the others not (uapi_proxy.py's control file; with
+        kernel WireGuard only the phones are, whatever this says)."""
         self.up = set(indexes)
         if endpoints is not None:
             self.endpoints = dict(endpoints)
@@ -335,8 +374,10 @@ class Hub:
         out = []
         got_routes = sorted(snap["routes"])
         got_rules = sorted(snap["rules"])
-        for what, got, want in (("routes", got_routes, want_routes), ("rules", got_rules, want_rules)):
-            twice = len(got) - len({tuple(x) for x in got})
+        # once: one route of ours per (table, prefix) whatever its metric; a rule not twice
+        for what, got, want, key in (("routes", got_routes, want_routes, lambda x: tuple(x[:3])),
+                                     ("rules", got_rules, want_rules, tuple)):
+            twice = len(got) - len({key(x) for x in got})
             if twice:
                 out.append(f"{twice} {what} of ours held twice")
             missing = [x for x in want if x not in got]
