@@ -25,7 +25,8 @@ How the up peers' counters move, by a line "mode=..." in the control file:
 A line "HEXKEY ENDPOINT" (any mode) also makes that peer up and sets the endpoint
 it is reported at (a roaming peer). A line "pause=SECONDS" sends each answer in two
 halves that far apart: a read then lasts long enough for the interface to go away
-in the middle of it.
+in the middle of it (each answer that outlived its wireguard-go so is counted, a
+line in CONTROL_FILE.outlived).
 
 Usage: uapi_proxy.py LISTEN_SOCKET UPSTREAM_SOCKET CONTROL_FILE
 """
@@ -157,6 +158,16 @@ def exchange(upstream: str, request: bytes) -> bytes:
     return b"".join(chunks)
 
 
+def alive(upstream: str) -> bool:
+    """Does wireguard-go still listen (a SIGKILL leaves its socket file behind)?"""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(upstream)
+        except OSError:
+            return False
+    return True
+
+
 def serve(conn, upstream: str, control: Control, real: Real):
     with conn:
         buf = b""
@@ -181,6 +192,9 @@ def serve(conn, upstream: str, control: Control, real: Real):
                     conn.sendall(answer[:len(answer) // 2])
                     time.sleep(pause)
                     answer = answer[len(answer) // 2:]
+                    if not alive(upstream):  # wireguard-go went away in the middle of this read
+                        with open(control.path + ".outlived", "a") as f:
+                            f.write("1\n")
                 conn.sendall(answer)
 
 

@@ -255,7 +255,13 @@ def test_the_wireguard_interface_deleted_and_recreated_also_mid_read(fresh, figu
     unreadable = [e for e in agent.events("interface_unavailable") if "cannot read peers" in e]
     refused = [e for kind in ("route_add_failed", "routes_add_failed", "route_remove_failed",
                               "routes_remove_failed") for e in agent.events(kind)]
+    try:
+        with open(hub.control + ".outlived") as f:
+            outlived = len(f.readlines())
+    except FileNotFoundError:
+        outlived = 0
     figures("re-creations survived", f"{len(times)} of {n}")
+    figures("reads under way when wg0 went (the answer outlived its wireguard-go)", outlived)
     figures("reads that failed (interface_unavailable: cannot read peers)", len(unreadable))
     figures("passes whose read outlived the interface (route changes refused, retried)", len(refused))
     figures("re-created (wireguard-go start + 1,000 peers) -> invariant holds", ms(times))
@@ -428,7 +434,7 @@ def test_the_clock_stepped_forward_and_back_by_years(fresh, figures):
         removed = len(agent.events("route_removed")) + len(agent.events("routes_removed"))
         hub.offset += step
         hub.set_up(everyone)  # WireGuard's clock steps with the daemon's
-        deadline = time.monotonic() + 2 * ht
+        deadline = time.monotonic() + (2 if FULL else 1) * ht
         while time.monotonic() < deadline:
             hub.check(firewall=False)  # not a route withdrawn, not one added twice
             time.sleep(0.25)
