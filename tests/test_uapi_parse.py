@@ -4,7 +4,6 @@ not one refused. No root: crafted answers, some from a real unix socket."""
 import base64
 import errno
 import os
-import socket
 import threading
 import time
 
@@ -182,21 +181,16 @@ def test_a_real_socket_that_never_answers_times_out(tmp_path):
     assert (e.value.errno, e.value.strerror) == (errno.ETIMEDOUT, f"{server.path}: no answer within 0.2 s")
 
 
-class Streaming:
+class Streaming(UapiServer):
     """A UAPI socket that answers a request with bytes and never ends: `chunk` every
     `every` seconds (each read within its timeout)."""
 
     def __init__(self, directory, chunk: bytes, every: float):
-        self.path = os.path.join(directory, "wg0.sock")
         self.chunk, self.every, self.stop = chunk, every, threading.Event()
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(self.path)
-        self.listener.listen(1)
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__(directory, None)
 
     def _serve(self):
-        conn, _ = self.listener.accept()
+        conn, _ = self._listener.accept()
         with conn:
             conn.recv(64)
             while not self.stop.wait(self.every):
@@ -207,8 +201,7 @@ class Streaming:
 
     def close(self):
         self.stop.set()
-        self.thread.join(5)
-        self.listener.close()
+        super().close()
 
 
 def test_a_socket_that_drips_an_answer_for_ever_is_cut_off(tmp_path):
