@@ -82,7 +82,9 @@ def test_no_shell_anywhere_in_the_daemon():
                 assert isinstance(cmd, (ast.List, ast.Name, ast.BinOp)) and not isinstance(cmd, ast.JoinedStr), where
                 seen.append(where)
             assert name not in ("eval", "exec"), where
-    assert seen == ["ubus.py:142"] or len(seen) == 1, seen  # the one: the ubus CLI, an argv (ubus.CliUbus.call)
+    # the one: the ubus CLI, an argv (ubus.CliUbus.call); a module that runs another
+    # program joins this list once its command is seen to be an argv of fixed words
+    assert {where.split(":")[0] for where in seen} == {"ubus.py"}, seen
 
 
 METACHARS = "$(touch {c}1);`touch {c}2`|touch {c}3&&touch {c}4>{c}5 '\"\\ *?~#!{{a,b}}"
