@@ -11,7 +11,7 @@ PYTEST    ?= $(PY) -m pytest
 MKVENV     = python3 -m venv $(1) 2>/dev/null || { rm -rf $(1); echo ">> installing python3-venv"; \
              $(APT) update -qq && $(APT) install -y -qq python3-venv >/dev/null && python3 -m venv $(1); }
 
-.PHONY: deps apt venv test test-kernel unit demo demo-mesh bench bench-mesh bench-kernel ipk luci-screenshot feed-src install clean
+.PHONY: deps apt venv test test-kernel unit faults fuzz soak demo demo-mesh bench bench-mesh bench-kernel ipk luci-screenshot feed-src install clean
 
 # apt first: the venv needs python3-venv on a fresh Debian 12
 deps: apt venv
@@ -38,15 +38,30 @@ VENV079   ?= .venv-pyroute2-079
 $(VENV079)/.installed: setup.py
 	$(call MKVENV,$(VENV079))
 	$(VENV079)/bin/python -m pip install -q --upgrade pip
-	$(VENV079)/bin/python -m pip install -q pyroute2==0.7.9 structlog pyyaml pytest
+	$(VENV079)/bin/python -m pip install -q pyroute2==0.7.9 structlog pyyaml pytest hypothesis
 	$(VENV079)/bin/python -m pip install -q --no-deps -e .
 	touch $@
 
-# the whole suite: with pyroute2 0.9 (the venv), with pyroute2 0.7.9, and kernel WireGuard in a VM
+# the whole suite: with pyroute2 0.9 (the venv), with pyroute2 0.7.9, and kernel WireGuard in a VM.
+# The fault suite (short counts) and the fuzzing run once, in the first: neither touches pyroute2
 test: deps $(VENV079)/.installed
 	$(PYTEST) -v -rs tests
-	$(VENV079)/bin/python -m pytest -q -rs -p no:cacheprovider tests
+	$(VENV079)/bin/python -m pytest -q -rs -p no:cacheprovider -m "not faults and not fuzz" tests
 	$(MAKE) --no-print-directory test-kernel
+
+# the fault suite with its full counts (README: What it survives); about an hour on 2 cores.
+# The torn generic netlink dumps need kernel WireGuard: the VM, with its full count too
+faults: deps
+	WGAGENT_FAULTS=full $(PYTEST) -v -rs tests/test_faults.py
+	WGAGENT_FAULTS=full python3 tests/vm/run_vm.py tests/test_faults_kernel.py
+
+# the parsers fuzzed ten times longer than in `make test` (20,000 examples each, ~20 minutes)
+fuzz: deps
+	WGAGENT_FUZZ_EXAMPLES=$${WGAGENT_FUZZ_EXAMPLES:-20000} $(PYTEST) -v -rs tests/test_fuzz.py
+
+# 30 minutes of 1,000 flapping peers; writes bench/SOAK.md and bench/SOAK.json (not in CI)
+soak: deps
+	$(PY) bench/soak.py
 
 # kernel WireGuard: Debian's kernel under qemu, this checkout's tests inside (tests/vm)
 # exit 77: qemu cannot run here at all; a skip, except where WGAGENT_REQUIRE_INTEGRATION=1 (CI)

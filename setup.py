@@ -16,7 +16,8 @@ setup(
     python_requires=">=3.9",
     license="MIT",
     install_requires=["structlog>=21.5", "pyyaml>=5.1"],
-    # pyroute2 only for the tests: its decoders cross-check ours (tests/test_genl_parse.py, test_rtnl_wire.py)
-    extras_require={"test": ["pytest", "pyroute2>=0.7.9"]},
+    # pyroute2 only for the tests: its decoders cross-check ours (tests/test_genl_parse.py, test_rtnl_wire.py);
+    # hypothesis for the fuzzing of the parsers (tests/test_fuzz.py)
+    extras_require={"test": ["pytest", "pyroute2>=0.7.9", "hypothesis"]},
     entry_points={"console_scripts": ["wgagent = wgagent.cli:main"]},
 )

@@ -26,16 +26,14 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from tests.daemonctl import Agent, wait_for  # noqa: E402
+from tests.daemonctl import Agent, RouteMonitor, wait_for  # noqa: E402
 from tests.lab import Lab, genkey  # noqa: E402
-from wgagent.model import RTPROT_WGAGENT  # noqa: E402
 
 QUICK = os.environ.get("WGAGENT_BENCH_QUICK") == "1"
 # --kernel: the sections that apply to kernel WireGuard, run inside the test VM by
@@ -61,93 +59,6 @@ def summary(values) -> str:
 def record(measure: str, value: str, against: str = ""):
     RESULTS.append((measure, value, against))
     print(f"  {measure}: {value}" + (f"   [{against}]" if against else ""), flush=True)
-
-
-class RouteMonitor:
-    """Timestamps of rtnetlink route and rule events with wgagent's tag ("add"/"del" for
-    routes, "radd"/"rdel" for rules), read in the namespace by a small helper process
-    (so the clock is the kernel's delivery, not a poll)."""
-
-    CODE = r"""
-import socket, struct, sys, time
-s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-s.setsockopt(socket.SOL_SOCKET, 33, 1 << 26)  # SO_RCVBUFFORCE: 10,000 routes arrive at once
-s.bind((0, (1 << 6) | (1 << 10) | (1 << 7)))  # RTNLGRP_IPV4_ROUTE, IPV6_ROUTE, IPV4_RULE
-s.setsockopt(270, 1, 19)  # NETLINK_ADD_MEMBERSHIP RTNLGRP_IPV6_RULE (past the 32-bit mask)
-
-
-def rule_proto(data, off, end):
-    a = off + 16 + 12  # nlmsghdr + struct fib_rule_hdr
-    while a + 4 <= end:
-        alen, atype = struct.unpack_from("=HH", data, a)
-        if alen < 4:
-            break
-        if atype & 0x3FFF == 21:  # FRA_PROTOCOL
-            return data[a + 4]
-        a += (alen + 3) & ~3
-    return -1
-
-
-print("ready", flush=True)
-while True:
-    data = s.recv(1 << 20)
-    t = time.time()
-    out = []
-    while True:  # drain the burst, stamping each message, then write once: printing per
-        off = 0  # event would slow the reader and delay the stamps of 10,000-route bursts
-        while off + 16 <= len(data):
-            length, mtype = struct.unpack_from("=IH", data, off)
-            if length < 16:
-                break
-            if mtype in (24, 25) and data[off + 16 + 5] == %d:
-                out.append("%%s %%.6f\n" %% ("add" if mtype == 24 else "del", t))
-            elif mtype in (32, 33) and rule_proto(data, off, off + length) == %d:
-                out.append("%%s %%.6f\n" %% ("radd" if mtype == 32 else "rdel", t))
-            off += (length + 3) & ~3
-        try:
-            data = s.recv(1 << 20, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            break
-        t = time.time()
-    if out:
-        sys.stdout.write("".join(out))
-        sys.stdout.flush()
-""" % (RTPROT_WGAGENT, RTPROT_WGAGENT)
-
-    def __init__(self, ns):
-        self.proc = ns.popen(sys.executable, "-c", self.CODE, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout.readline().strip() == "ready"
-        self.events: list[tuple[str, float]] = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            kind, t = line.split()
-            with self.lock:
-                self.events.append((kind, float(t)))
-
-    def mark(self) -> int:
-        """Where new events start: after the backlog of earlier ones has been read."""
-        last, quiet_since = -1, time.monotonic()
-        while time.monotonic() - quiet_since < 0.3:
-            with self.lock:
-                n = len(self.events)
-            if n != last:
-                last, quiet_since = n, time.monotonic()
-            time.sleep(0.02)
-        return last
-
-    def wait(self, kind: str, since: int, count: int = 1, timeout: float = 60) -> float:
-        """Time of the count-th event of kind after mark `since`."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                found = [t for k, t in self.events[since:] if k == kind]
-            if len(found) >= count:
-                return found[count - 1]
-            time.sleep(0.005)
-        raise TimeoutError(f"no {count} {kind} route event(s) in {timeout}s")
 
 
 def handshake_time(ns, ifname: str, key_b64: str) -> float:
@@ -890,6 +801,11 @@ Where a target is missed, why, and what would close it:
 """
 
 
+# the soak writes a file of its own (it takes half an hour, `make bench` does not run it)
+SOAK = ("## Soak\n\n30 minutes of 1,000 flapping peers, an owned route deleted every second, memory,\n"
+        "descriptors and CPU sampled every 10 s: [SOAK.md](SOAK.md) (`make soak`).\n")
+
+
 def targets() -> str:
     """The issue's targets against this run's figures."""
     m = METRICS
@@ -978,7 +894,8 @@ def main() -> int:
         f"| {m} | {v} | {a} |\n" for m, v, a in RESULTS)
     text = (f"# wgagent benchmark results{' (kernel WireGuard)' if KERNEL else ''}\n\n{machine()}- run time: {took / 60:.1f} min"
             f"{' (quick mode)' if QUICK else ''}\n\n{table}\n## Targets (issue 7)\n\n{targets()}\n"
-            f"{'' if KERNEL else NOTES + chr(10)}## Definitions\n\n{DEFINITIONS}{SCALE_DEFINITIONS[BACKEND]}")
+            f"{'' if KERNEL else NOTES + chr(10)}## Definitions\n\n{DEFINITIONS}{SCALE_DEFINITIONS[BACKEND]}"
+            f"{'' if KERNEL else chr(10) + SOAK}")
     out = sys.argv[sys.argv.index("--out") + 1] if "--out" in sys.argv else os.path.join(HERE, "RESULTS.md")
     with open(out, "w") as f:
         f.write(text)

@@ -24,6 +24,35 @@ UBUS_PYMOD = os.path.join(HERE, "ubus_double", "pymod")  # the python-ubus stand
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "root: needs root, network namespaces and real WireGuard")
+    config.addinivalue_line("markers", "faults: the fault suite (tests/test_faults*.py; full counts with "
+                                       "WGAGENT_FAULTS=full, `make faults`)")
+    config.addinivalue_line("markers", "fuzz: Hypothesis fuzzing of the parsers (WGAGENT_FUZZ_EXAMPLES, `make fuzz`)")
+
+
+# What the fault and fuzz tests counted (faults run, restarts converged, examples tried),
+# printed at the end of the run, and appended as JSON lines to $WGAGENT_FIGURES if set
+_FIGURES: list[tuple[str, str]] = []
+
+
+@pytest.fixture
+def figures(request):
+    """figures(what, value): one line of the run's summary, named after the test."""
+    def say(what: str, value) -> None:
+        _FIGURES.append((f"{request.node.name}: {what}", str(value)))
+        out = os.environ.get("WGAGENT_FIGURES")
+        if out:
+            import json
+
+            with open(out, "a") as f:
+                f.write(json.dumps({"test": request.node.nodeid, "what": what, "value": str(value)}) + "\n")
+    return say
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _FIGURES:
+        terminalreporter.section("wgagent figures (faults, fuzzing)")
+        for what, value in _FIGURES:
+            terminalreporter.write_line(f"{what}: {value}")
 
 
 def _backends() -> list[str]:

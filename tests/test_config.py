@@ -1,5 +1,6 @@
 """Config loading and validation: every error names file, section, option and value."""
 
+import os
 import textwrap
 
 import pytest
@@ -205,6 +206,42 @@ def test_key_check_agrees_with_wg(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         config.load(str(tmp_path / "absent"), TABLES)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory"])
+def test_only_a_regular_file_is_read(tmp_path, kind):
+    """A FIFO in the config's place blocked open() until somebody wrote to it (a daemon
+    reloading hung for good); /dev/zero was read into memory without end."""
+    path = tmp_path / "wgagent"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev-zero":
+        os.symlink("/dev/zero", path)
+    else:
+        path.mkdir()
+    with pytest.raises(ConfigError, match=f"^{path}: (not a regular file|cannot read: Is a directory)$"):
+        config.load(str(path), TABLES)
+
+
+def test_a_file_too_large_to_be_a_config_is_not_read_whole(tmp_path):
+    path = tmp_path / "wgagent"
+    path.write_text("#" * (config.MAX_BYTES + 1))
+    with pytest.raises(ConfigError, match="larger than 16 MiB"):
+        config.load(str(path), TABLES)
+
+
+def test_crlf_lines_read_as_before(tmp_path):
+    cfg = load_text(tmp_path, "config agent 'main'\r\n\toption poll_interval '3'\r\n")
+    assert cfg.agent.poll_interval == 3
+
+
+@pytest.mark.parametrize("body", ["", "\n\n", "# nothing but a comment\n"])
+def test_an_empty_file_is_no_config_only_when_the_caller_says_so(tmp_path, body):
+    path = tmp_path / "wgagent"
+    path.write_text(body)
+    assert config.load(str(path), TABLES).interfaces == ()  # at start: nothing to do
+    with pytest.raises(ConfigError, match="no sections"):
+        config.load(str(path), TABLES, allow_empty=False)  # a reload: keep the running config
 
 
 def test_rt_tables_names(tmp_path):

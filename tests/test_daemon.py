@@ -255,6 +255,24 @@ def test_a_refused_change_is_retried_every_pass_without_backoff(world):
     assert d.reconcile() == daemon_mod.Pass.WHOLE and world.routes() == {"10.0.31.5/32"}
 
 
+def test_a_burst_of_refused_changes_is_one_warning_not_one_per_route(world):
+    """A read that outlived its interface (deleted while it was read): the pass plans
+    every route of it, and the kernel refuses each one (ENODEV). 1,500 warnings in one
+    pass would wipe logread's 64 KiB ring buffer; one line per kind and error says it."""
+    d = world.daemon()
+    world.sources.peers["wg0"] = tuple(peer(f"{i:043d}=", f"10.64.{i // 256}.{i % 256}/32", WALL0 - 5)
+                                       for i in range(1500))
+    world.kernel.apply_routes = lambda changes: [errno.ENODEV] * len(changes)
+    for _ in range(3):
+        world.clocks.step(1)
+        assert d.reconcile() == daemon_mod.Pass.REFUSED
+    warnings = [(event, kw) for level, event, kw in world.log.lines if level == "warning"]
+    assert warnings == [("routes_add_failed", {"iface": "wg0", "error": os.strerror(errno.ENODEV), "count": 1500,
+                                               "first": "10.64.0.0/32,10.64.0.1/32,10.64.0.10/32,10.64.0.100/32,"
+                                                        "10.64.0.101/32,…",
+                                               "detail": "one line each at log_level debug"})]
+
+
 def test_a_programming_error_is_not_swallowed(world):
     d = world.daemon()
     world.kernel.fail["links"] = 0
@@ -381,6 +399,21 @@ def test_a_reload_with_a_bad_config_keeps_the_running_one(world):
     assert d.reload() is False
     assert d.config.agent.poll_interval == 3
     assert "poll_interval" in world.log.events("reload_failed")[0]["error"]
+
+
+def test_a_reload_of_an_emptied_file_keeps_the_running_config(world):
+    """A file cut to nothing (an editor's truncate, a full disk) is no config that
+    means "route nothing": the running one stays, and says so once."""
+    d = world.daemon()
+    world.sources.peers["wg0"] = (peer(K1, "10.0.31.5/32", WALL0 - 5),)
+    assert d.reconcile() and world.routes() == {"10.0.31.5/32"}
+    open(world.path, "w").close()
+    assert d.reload() is False
+    assert [i.name for i in d.config.interfaces] == ["wg0"]
+    world.clocks.step(1)
+    assert d.reconcile() and world.routes() == {"10.0.31.5/32"}
+    (line,) = world.log.events("reload_failed")
+    assert line["error"].startswith(world.path + ": no sections")
 
 
 @pytest.fixture(params=["python-ubus", "ubus-cli"])

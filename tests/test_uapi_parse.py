@@ -4,6 +4,8 @@ not one refused. No root: crafted answers, some from a real unix socket."""
 import base64
 import errno
 import os
+import threading
+import time
 
 import pytest
 
@@ -177,6 +179,54 @@ def test_a_real_socket_that_never_answers_times_out(tmp_path):
         with pytest.raises(wg_uapi.UapiError) as e:
             wg_uapi.request(server.path, timeout=0.2)
     assert (e.value.errno, e.value.strerror) == (errno.ETIMEDOUT, f"{server.path}: no answer within 0.2 s")
+
+
+class Streaming(UapiServer):
+    """A UAPI socket that answers a request with bytes and never ends: `chunk` every
+    `every` seconds (each read within its timeout)."""
+
+    def __init__(self, directory, chunk: bytes, every: float):
+        self.chunk, self.every, self.stop = chunk, every, threading.Event()
+        super().__init__(directory, None)
+
+    def _serve(self):
+        conn, _ = self._listener.accept()
+        with conn:
+            conn.recv(64)
+            while not self.stop.wait(self.every):
+                try:
+                    conn.sendall(self.chunk)
+                except OSError:
+                    return
+
+    def close(self):
+        self.stop.set()
+        super().close()
+
+
+def test_a_socket_that_drips_an_answer_for_ever_is_cut_off(tmp_path):
+    """One byte every 50 ms: every read within its timeout, the answer never whole.
+    It used to hold the route loop for as long as the server kept dripping."""
+    server = Streaming(str(tmp_path), b"x", 0.05)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(wg_uapi.UapiError) as e:
+            wg_uapi.request(server.path, timeout=0.2, total=1.0)
+        assert time.monotonic() - t0 < 2
+    finally:
+        server.close()
+    assert (e.value.errno, e.value.strerror) == (errno.ETIMEDOUT, f"{server.path}: the answer took longer than 1 s")
+
+
+def test_a_socket_that_never_stops_answering_is_cut_off_at_the_size_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(wg_uapi, "MAX_ANSWER", 1 << 20)
+    server = Streaming(str(tmp_path), b"x" * 65536, 0.0)
+    try:
+        with pytest.raises(wg_uapi.UapiError) as e:
+            wg_uapi.request(server.path)
+    finally:
+        server.close()
+    assert (e.value.errno, e.value.strerror) == (errno.EMSGSIZE, f"{server.path}: an answer larger than 1 MiB")
 
 
 def test_nothing_listening_is_uapierror_naming_the_path(tmp_path):

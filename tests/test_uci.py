@@ -92,3 +92,15 @@ def test_render_round_trip():
     again = uci.parse(uci.render(sections))
     assert [(s.type, s.name, s.options) for s in again] == [(s.type, s.name, s.options) for s in sections]
     assert "list x 'it'\\''s'" in uci.render(sections)
+
+
+@pytest.mark.parametrize("stype", ["a#b", "a;b", "0\\", "it's", 'say"', "x\\'y"])
+def test_render_reads_back_a_section_type_of_any_printable_character(stype):
+    """Found by fuzzing (tests/test_fuzz.py): a type was written bare, and `a#b` read
+    back as type `a` (the rest a comment), `0\\` as `0` joined to the next line."""
+    sections = [uci.UciSection(stype, "x", 0, 1, {"o": "v"}), uci.UciSection("plain-type", None, 0, 3, {})]
+    text = uci.render(sections)
+    assert [(s.type, s.name, s.options) for s in uci.parse(text)] == \
+        [(stype, "x", {"o": "v"}), ("plain-type", None, {})]
+    assert text.startswith("config ") and "config plain-type\n" in text  # the usual types stay bare
+

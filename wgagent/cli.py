@@ -30,10 +30,13 @@ def cmd_run(args) -> int:
     for w in cfg.warnings:
         log.warning("config_warning", detail=w)
     from .daemon import Daemon, Pass, Runner
-    from .rtnl import Rtnl, RtnlEvents
+    from .rtnl import RCVBUF, Rtnl, RtnlEvents
     from .wgsource import PeerSources
 
-    events = RtnlEvents()  # subscribe before the first dump: no change is missed between them
+    # subscribe before the first dump: no change is missed between them. The buffer size
+    # from the environment is for the fault tests only (an overrun, ENOBUFS, on demand)
+    rcvbuf = os.environ.get("WGAGENT_EVENTS_RCVBUF", "")
+    events = RtnlEvents(int(rcvbuf) if rcvbuf.isdigit() and int(rcvbuf) > 0 else RCVBUF)
     rtnl = Rtnl()
     sources = PeerSources()
     daemon = Daemon(cfg, rtnl, sources)

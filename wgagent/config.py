@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import ipaddress
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable
@@ -585,6 +587,10 @@ def _check_zones(path: str, zones: list[ZoneConfig], nats: list[NatConfig], warn
 
 
 def _nat(path: str, label: str, values: dict) -> NatConfig:
+    try:  # it names the firewall section (wgagent_nat_<label>): a YAML label may hold anything
+        uci_name(label)
+    except ValueError as e:
+        raise ConfigError(path, label, None, None, f"section name: {e}") from None
     if bool(values.get("device")) == bool(values.get("dest")):
         raise ConfigError(path, label, "device", values.get("device"),
                           "set exactly one of 'device' (outgoing device) or 'dest' (outgoing zone)")
@@ -665,18 +671,43 @@ def raw_from_yaml(path: str, text_: str) -> list[RawSection]:
     return out
 
 
-def load(path: str, tables: dict[str, int] | None = None) -> Config:
-    """Read and validate a config file; YAML by extension, UCI otherwise."""
+# far above any real config (10,000 peer sections are ~2 MB): what is larger is not one
+MAX_BYTES = 16 << 20
+
+
+def _read(path: str) -> str:
+    """The file's text. Only a regular file is read, and at most MAX_BYTES of it: a
+    FIFO in its place would block the daemon's loop in open() until somebody writes
+    to it (O_NONBLOCK: the open returns at once, and the type check refuses it), and
+    /dev/zero or a huge file would be read into memory for ever."""
     try:
-        with open(path, encoding="utf-8") as f:
-            body = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigError(path, None, None, None, "not a regular file")
+            data = f.read(MAX_BYTES + 1)
     except OSError as e:
         raise ConfigError(path, None, None, None, f"cannot read: {e.strerror}") from None
+    if len(data) > MAX_BYTES:
+        raise ConfigError(path, None, None, None, f"larger than {MAX_BYTES >> 20} MiB: not a wgagent config")
+    try:  # as open(path, encoding="utf-8").read() always read it: universal newlines
+        return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8").read()
     except UnicodeDecodeError as e:
         raise ConfigError(path, None, None, None, f"not UTF-8 text: {e}") from None
+
+
+def load(path: str, tables: dict[str, int] | None = None, allow_empty: bool = True) -> Config:
+    """Read and validate a config file; YAML by extension, UCI otherwise.
+    allow_empty=False (a reload): a file without a single section is an error. An
+    empty file at start means nothing to do; on a reload it is far more likely a file
+    cut short or being written than the wish to drop every route."""
+    body = _read(path)
     warnings: list[str] = []
     if path.endswith((".yaml", ".yml")):
         raw = raw_from_yaml(path, body)
     else:
         raw = raw_from_uci(path, body, warnings)
+    if not raw and not allow_empty:
+        raise ConfigError(path, None, None, None, "no sections (an empty file: cut short, or being written?); "
+                          "a config that routes nothing says so with option enabled '0'")
     return build(path, raw, tables, warnings)

@@ -223,7 +223,7 @@ class Daemon:
 
     def reload(self) -> bool:
         try:
-            new = config_mod.load(self.config.path)
+            new = config_mod.load(self.config.path, allow_empty=False)
         except ConfigError as e:
             self.log.error("reload_failed", error=str(e), action="keeping the running config")
             self.reload_error = str(e)

@@ -12,9 +12,11 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import re
+
 from . import uci
 from .config import Config
-from .ubus import PARSE_ERROR, UbusError
+from .ubus import INVALID_ARGUMENT, PARSE_ERROR, UbusError
 
 OWNED_PREFIX = "wgagent_"
 CONFIG = "firewall"
@@ -148,6 +150,24 @@ def plan(desired: list[Section], owned: dict[str, tuple[str, Values]]) -> Plan:
     return p
 
 
+_VALUE = re.compile(r"[^\x00-\x1f\x7f'\"\\]*\Z")  # no control characters, no quotes, no backslash
+
+
+def _writable(s: Section) -> None:
+    """The config's validation already keeps out names and values that could make
+    another section or option of a UCI file (a newline, a quote, a dot, '='): once
+    more here, before the first ubus call, for whatever reaches the writer."""
+    bad = [f"section name {s.name!r}"] if not (s.name.startswith(OWNED_PREFIX) and uci.NAME.match(s.name)) else []
+    bad += [f"type {s.type!r}"] if not uci.NAME.match(s.type) else []
+    for option, value in s.values:
+        if not uci.NAME.match(option):
+            bad.append(f"option name {option!r}")
+        bad += [f"option {option}: value {v!r}" for v in (value if isinstance(value, tuple) else (value,))
+                if not isinstance(v, str) or not _VALUE.match(v)]
+    if bad:
+        raise UbusError(INVALID_ARGUMENT, f"refusing to write firewall section {s.name!r}: " + "; ".join(bad))
+
+
 class ForeignPending(Exception):
     """Another tool holds the firewall config: rpcd refuses every commit while an
     apply with rollback awaits confirmation (LuCI's Save & Apply). The pass wrote
@@ -255,6 +275,8 @@ class FirewallWriter:
     def sync(self, desired: list[Section]) -> SyncResult:
         """Make the owned sections equal to desired: one commit, or none when equal.
         Raises ForeignPending or UbusError; either way nothing of this pass stays staged."""
+        for s in desired:
+            _writable(s)
         with self._in_session():
             owned, desired, warnings = self.read(desired)
             p = plan(desired, owned)

@@ -80,9 +80,17 @@ class Reconciler:
             done.setdefault((event, iface, owner(item, desired, previous)), []).append(item)
 
         self.dirty = True  # until the changes are through: an exception midway leaves it so
+        failed: list = []  # said at the end, also when the socket fails midway: bursts summed up
+        try:
+            self.dirty = not self._apply(plan, rule_plan, links, note, failed)
+        finally:
+            self.reporter.changes_failed(failed)
+        return done
+
+    def _apply(self, plan: RoutePlan, rule_plan: RulePlan, links, note, failed: list) -> bool:
         ok = True
         for rule in rule_plan.delete:
-            if self._rule(self.rtnl.delete_rule, "rule_remove_failed", rule):
+            if self._rule(self.rtnl.delete_rule, "rule_remove_failed", rule, failed):
                 self.view.rules.discard(rule)
                 note("rule_removed", rule)
             else:
@@ -99,9 +107,9 @@ class Reconciler:
                 ok = False
             elif code and not (verb == "delete" and code in GONE):
                 ok = False
-                self.reporter.change_failed(f"route_{'add' if verb == 'add' else 'remove'}_failed", key, code,
-                                            iface=route.ifname, prefix=route.prefix,
-                                            table=self.reporter.table_name(route.table))
+                failed.append((f"route_{'add' if verb == 'add' else 'remove'}_failed", key, code, "",
+                               {"iface": route.ifname, "prefix": route.prefix,
+                                "table": self.reporter.table_name(route.table)}))
             elif verb == "add":
                 self.reporter.change_done(key)
                 self.view.owned.add(route)
@@ -111,22 +119,21 @@ class Reconciler:
                 self.view.owned.discard(route)
                 note("route_removed", route, route.ifname)
         for rule in rule_plan.add:
-            if self._rule(self.rtnl.add_rule, "rule_add_failed", rule):
+            if self._rule(self.rtnl.add_rule, "rule_add_failed", rule, failed):
                 self.view.rules.add(rule)
                 note("rule_added", rule)
             else:
                 ok = False
-        self.dirty = not ok
-        return done
+        return ok
 
-    def _rule(self, fn, failure_event: str, rule) -> bool:
+    def _rule(self, fn, failure_event: str, rule, failed: list) -> bool:
         """One rule change. A failed one is reported once per error and retried after
         the next read of the kernel."""
         key = (fn.__name__, rule)
         try:
             fn(rule)
         except OSError as e:
-            self.reporter.change_failed(failure_event, key, e.errno, error_text=str(e), rule=rule.describe())
+            failed.append((failure_event, key, e.errno, str(e), {"rule": rule.describe()}))
             return False
         self.reporter.change_done(key)
         return True

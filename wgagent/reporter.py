@@ -136,36 +136,40 @@ class Reporter:
         """How many lines (info and above) have been said so far."""
         return self._log.count
 
-    def lines(self, lines: list[tuple[str, dict, dict | None]]) -> None:
-        """(event, log fields, notifier fields or None) per change. One info line per
+    def lines(self, lines: list[tuple[str, dict, dict | None]], level: str = "info",
+              by: tuple[str, ...] = ("iface",)) -> None:
+        """(event, log fields, notifier fields or None) per change. One line per
         change; but a burst (a hub starting with thousands of peers) is summed up in
-        one line per kind and interface, with the lines each at debug: logread's ring
-        buffer is 64 KiB on a default OpenWrt, and 10,000 lines would wipe it (and
-        cost seconds to write). The notifiers hear the same: each change, or each
-        summary (event peers_up ..., fields interface, count, first)."""
+        one line per kind and per value of the fields `by` (the interface), with the
+        lines each at debug: logread's ring buffer is 64 KiB on a default OpenWrt, and
+        10,000 lines would wipe it (and cost seconds to write). The notifiers hear the
+        same: each change, or each summary (event peers_up ..., fields interface,
+        count, first)."""
+        say = getattr(self.log, level)
         if len(lines) <= BURST:
             for event, fields, _ in lines:
-                self.log.info(event, **fields)
+                say(event, **fields)
             self._notify([(event, note) for event, _, note in lines if note is not None])
             return
         if log_mod.enabled("debug"):
             for event, fields, _ in lines:
                 self.log.debug(event, **fields)
-        groups: dict[tuple[str, str], list] = {}
+        groups: dict[tuple, list] = {}
         for line in lines:
-            groups.setdefault((line[0], line[1].get("iface", "")), []).append(line)
+            groups.setdefault((line[0], *(line[1].get(k, "") for k in by)), []).append(line)
         summaries = []
-        for (event, iface), group in groups.items():
-            who = [f.get("peer") or f.get("owner", "-") for _, f, _ in group]
-            summary = {"iface": iface} if iface else {}
+        for (event, *values), group in groups.items():
+            who = [f.get("peer") or f.get("owner") or f.get("prefix") or f.get("rule", "-") for _, f, _ in group]
+            summary = {k: v for k, v in zip(by, values) if v}
             summary.update(count=len(group), first=",".join(who[:5]) + (",…" if len(who) > 5 else ""),
                            detail="one line each at log_level debug")
-            name = event.replace("_", "s_", 1)  # peer_up -> peers_up
-            self.log.info(name, **summary)
+            name = event.replace("_", "s_", 1)  # peer_up -> peers_up, route_add_failed -> routes_add_failed
+            say(name, **summary)
             notes = [note for _, _, note in group if note is not None]
             if notes:
                 first = [n["prefixes"][0] if event.startswith("route") else n["peer"] for n in notes[:5]]
-                summaries.append((name, {"interface": iface, "count": len(notes), "first": first}))
+                summaries.append((name, {"interface": summary.get("iface", ""), "count": len(notes),
+                                         "first": first}))
         self._notify(summaries)
 
     def _notify(self, notes: list[tuple[str, dict]]) -> None:
@@ -288,10 +292,15 @@ class Reporter:
         if self.reads.forget(what):
             self.log.info("read_recovered", what=what)
 
-    def change_failed(self, event: str, key, code: int, error_text: str = "", **fields) -> None:
-        if self.failures.changed(key, code):
-            self.log.warning(event, error=error_text or os.strerror(code), **fields,
-                             retry="every pass; logged again if the error changes")
+    def changes_failed(self, failed: list[tuple[str, object, int, str, dict]]) -> None:
+        """The changes the kernel refused in one pass: (event, key, errno, error text,
+        fields). Each is said once per distinct error, and again when it changes; more
+        than BURST of one kind and error (a read that outlived its interface: every
+        route of it refused, ENODEV) are one warning per kind, interface and error."""
+        lines = [(event, {"error": text or os.strerror(code), **fields,
+                          "retry": "every pass; logged again if the error changes"}, None)
+                 for event, key, code, text, fields in failed if self.failures.changed(key, code)]
+        self.lines(lines, "warning", by=("iface", "error"))
 
     def change_done(self, key) -> None:
         self.failures.forget(key)

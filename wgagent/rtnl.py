@@ -34,6 +34,7 @@ RTM_DELLINK, RTM_DELADDR = 17, 21
 # multicast groups (linux/rtnetlink.h)
 GROUPS = (1, 5, 7, 8, 9, 11, 19)  # LINK, IPV4_IFADDR, IPV4_ROUTE, IPV4_RULE, IPV6_IFADDR, IPV6_ROUTE, IPV6_RULE
 NETLINK_ADD_MEMBERSHIP = 1
+RCVBUF = 1 << 22  # the event socket's receive buffer (the tests make it small to provoke ENOBUFS)
 
 
 class Rtnl:
@@ -91,13 +92,13 @@ class RtnlEvents:
     change. It subscribes before the daemon's first dump, so nothing is missed
     between the two; an overrun (ENOBUFS) is reported as a change: resync."""
 
-    def __init__(self):
+    def __init__(self, rcvbuf: int = RCVBUF):
         s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
                           socket.NETLINK_ROUTE)
         try:  # as root, past net.core.rmem_max: a flush of thousands of routes fits
-            s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 22)
+            s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
         except PermissionError:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         s.bind((0, 0))
         for group in GROUPS:
             s.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)

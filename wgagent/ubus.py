@@ -35,7 +35,7 @@ STATUS_CODES = {"Invalid command": 1, "Invalid argument": 2, "Method not found":
                 "No response": 5, "Permission denied": 6, "Request timed out": 7,
                 "Operation not supported": 8, "Unknown error": 9, "Connection failed": 10,
                 "Out of memory": 11, "Parsing message data failed": 12, "System error": 13}
-NOT_FOUND, TIMEOUT, CONNECTION_FAILED = 4, 7, 10
+INVALID_ARGUMENT, NOT_FOUND, TIMEOUT, CONNECTION_FAILED = 2, 4, 7, 10
 # UBUS_STATUS_PARSE_ERROR, the closest ubus has: here also for a reply that is no JSON object
 PARSE_ERROR = 12
 STATUS_TEXT = {code: text for text, code in STATUS_CODES.items()}

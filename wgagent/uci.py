@@ -352,11 +352,18 @@ def quote(value: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"
 
 
+_BARE_TYPE = re.compile(r"[A-Za-z0-9_-]+\Z")  # a type written as it is, as `uci export` does
+
+
 def render(sections: list[UciSection]) -> str:
-    """UCI text for sections, in the layout of `uci export` (without 'package')."""
+    """UCI text for sections, in the layout of `uci export` (without 'package'), that
+    reads back as the same sections. A section type may hold any printable character
+    but a space; one holding others than [A-Za-z0-9_-] (# ; \\ quotes) is quoted, where
+    `uci export` writes it bare and libuci then reads another type back."""
     out: list[str] = []
     for s in sections:
-        out.append(f"config {s.type}" + (f" {quote(s.name)}" if s.name else ""))
+        stype = s.type if _BARE_TYPE.match(s.type) else quote(s.type)
+        out.append(f"config {stype}" + (f" {quote(s.name)}" if s.name else ""))
         for key, value in s.options.items():
             if isinstance(value, list):
                 out.extend(f"\tlist {key} {quote(v)}" for v in value)

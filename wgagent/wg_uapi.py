@@ -27,6 +27,7 @@ import re
 import socket
 import stat
 import struct
+import time
 from typing import TYPE_CHECKING
 
 from .model import Peer, normalize_prefix
@@ -89,9 +90,19 @@ def _connect(s: socket.socket, path: str) -> None:
         raise UapiError(errno_.EPERM, f"refusing {path}: served by uid {uid} (pid {pid}), not root")
 
 
-def request(path: str, timeout: float = 2.0) -> bytes:
+# An answer is ~360 bytes a peer. Whatever the other side does, the read ends: at this
+# size (~180,000 peers), and after ANSWER_SECONDS in all, so that a server that drips
+# bytes (each within the timeout of one recv) or never stops cannot hold the route
+# loop, nor fill its memory, for ever.
+MAX_ANSWER = 64 << 20
+ANSWER_SECONDS = 10.0
+
+
+def request(path: str, timeout: float = 2.0, total: float = ANSWER_SECONDS) -> bytes:
     """One get=1 exchange; returns the raw answer up to and including errno=.
-    UapiError for any failure of the socket, naming the path."""
+    UapiError for any failure of the socket, naming the path: timeout is for the
+    connect and each read, total for the whole answer."""
+    deadline = time.monotonic() + total
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
             s.settimeout(timeout)
@@ -99,16 +110,26 @@ def request(path: str, timeout: float = 2.0) -> bytes:
             s.sendall(b"get=1\n\n")
             chunks: list[bytes] = []
             tail = b""
+            size = 0
             while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise UapiError(errno_.ETIMEDOUT, f"{path}: the answer took longer than {total:g} s")
+                s.settimeout(min(timeout, left))
                 chunk = s.recv(262144)
                 if not chunk:
                     break
                 chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_ANSWER:
+                    raise UapiError(errno_.EMSGSIZE, f"{path}: an answer larger than {MAX_ANSWER >> 20} MiB")
                 tail = chunk[-64:] if len(chunk) >= 64 else (tail + chunk)[-64:]
                 # wireguard-go keeps the connection open: the answer ends at "errno=N\n\n"
                 if tail.endswith(b"\n\n") and (b"\nerrno=" in tail or tail.startswith(b"errno=")):
                     break
     except TimeoutError:
+        if time.monotonic() >= deadline:
+            raise UapiError(errno_.ETIMEDOUT, f"{path}: the answer took longer than {total:g} s") from None
         raise UapiError(errno_.ETIMEDOUT, f"{path}: no answer within {timeout:g} s") from None
     except UapiError:
         raise

@@ -15,7 +15,9 @@ three at once. A client may keep its connection (python-ubus does); close() drop
 every connection, as a ubusd restart does.
 
 Run as a process of its own (`python -m tests.ubus_double.server SOCK CONFDIR
-[--delay S]`) when the client under test must not share the test's interpreter.
+[--savedir D] [--rundir D] [--delay S]`) when the client under test must not share
+the test's interpreter, or must see ubusd and rpcd die (kill -9) and come back: a
+restart with the same --rundir purges the sessions' savedirs, as rpcd's start does.
 """
 
 from __future__ import annotations
@@ -208,13 +210,14 @@ def main(argv=None):
     p.add_argument("socket")
     p.add_argument("confdir")
     p.add_argument("--savedir")
+    p.add_argument("--rundir", help="rpcd's /var/run/rpcd (sessions' savedirs): one that outlives a restart")
     p.add_argument("--delay", type=float, default=0.0)
     p.add_argument("--plugins", help="rpcd's exec plugin directory (/usr/libexec/rpcd)")
     p.add_argument("--shell", default="/bin/sh", help="what runs each plugin (its #!/bin/sh on OpenWrt)")
     p.add_argument("--exec-timeout", type=float, default=rpcd_exec.RPC_EXEC_DEFAULT_TIMEOUT)
     p.add_argument("--plugin-path", help="PATH for the plugins (a router's: busybox applets)")
     a = p.parse_args(argv)
-    d = UbusDouble(a.socket, a.confdir, a.savedir)
+    d = UbusDouble(a.socket, a.confdir, a.savedir, a.rundir)
     d.delay = a.delay
     if a.plugins:
         env = dict(os.environ, PATH=a.plugin_path) if a.plugin_path else None

@@ -39,7 +39,7 @@ KDIR = os.path.join(CACHE, "kernel")
 OUT = os.path.join(CACHE, "out")
 BOOT_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
 DEFAULT_TESTS = ["tests/test_wg_sources.py", "tests/test_kernel_genl.py", "tests/test_routes_netns.py",
-                 "tests/test_rules_netns.py", "tests/test_daemon_netns.py"]
+                 "tests/test_rules_netns.py", "tests/test_daemon_netns.py", "tests/test_faults_kernel.py"]
 SKIP = 77
 
 
@@ -145,7 +145,7 @@ mount -t devpts devpts /dev/pts
 ip link set lo up
 export HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PYTHONDONTWRITEBYTECODE=1 WGAGENT_BACKENDS=kernel WGAGENT_TEST_SLOWDOWN={slowdown}
-export WGAGENT_BENCH_QUICK={quick}
+export WGAGENT_BENCH_QUICK={quick} WGAGENT_FAULTS={faults}
 cd {root}
 echo "guest: kernel $(uname -r), $(nproc) cpus; starting {what}"
 start=$(date +%s)
@@ -213,6 +213,7 @@ def main(argv: list[str]) -> int:
     with open(os.path.join(OUT, "guest.sh"), "w") as f:
         f.write(GUEST.format(root=ROOT, out=OUT, command=command, what=what,
                              quick=os.environ.get("WGAGENT_BENCH_QUICK", "0"),
+                             faults=os.environ.get("WGAGENT_FAULTS", "short"),  # make faults: full counts
                              slowdown=1 if accel == "kvm" else 6))
     console = os.path.join(OUT, "console.log")
     cmd = ["qemu-system-x86_64", "-accel", accel, "-m", "1024", "-smp", "2", "-nographic", "-no-reboot",
