@@ -284,6 +284,11 @@ class AgentConfig:
     rule_priority: int = 5000  # first priority of wgagent's ip rule band (see RULE_BAND)
     ubus_socket: str = ""  # "" = ubus's default socket
     hotplug_timeout: float = 10.0  # seconds each /etc/hotplug.d/wgagent script may run
+    # the handshake wake-up (wake.py): a packet socket that sees WireGuard handshakes on
+    # the wire and reads that interface at once; while it runs, the poll is only a
+    # safety net and runs every wake_poll_interval seconds instead of poll_interval
+    wake: bool = True
+    wake_poll_interval: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -407,6 +412,8 @@ SCHEMA: dict[str, dict[str, Converter]] = {
         "rule_priority": _plain(number(1, RULE_PRIORITY_MAX, integer=True)),
         "ubus_socket": _plain(text),
         "hotplug_timeout": _plain(number(0, 3600, lo_open=True)),
+        "wake": _plain(boolean),
+        "wake_poll_interval": _plain(number(0, 3600, lo_open=True)),
     },
     "interface": {
         "table": table,
