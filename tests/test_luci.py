@@ -154,7 +154,7 @@ def test_form_defaults_and_choices_are_config_defaults(schema, tables):
                     assert tables[o["placeholder"]] == f.default, (stype, option)
                 else:
                     assert type(f.default)(o["placeholder"]) == f.default, (stype, option)
-    assert (booleans, choices) == (7, 6)
+    assert (booleans, choices) == (8, 6)
     for stype, required in config_mod.REQUIRED.items():
         for option in required:
             assert schema[stype]["options"][option]["rmempty"] is False, (stype, option)

@@ -183,7 +183,18 @@ return view.extend({
 		[ 'debug', 'info', 'warning', 'error' ].forEach(function(l) { o.value(l); });
 		o.default = 'info';
 
-		o = secondsOption(s, 'poll_interval', _('Poll interval'), _('Seconds between reads of the peers (> 0).'), 3600);
+		o = s.option(form.Flag, 'wake', _('Wake on handshakes'),
+			_('Watch the wire for WireGuard handshakes and read that interface at once (needs CAP_NET_RAW). ' +
+			  'Off, or where the socket cannot be opened: polling only.'));
+		o.default = '1';
+
+		o = secondsOption(s, 'wake_poll_interval', _('Safety-net poll interval'),
+			_('Seconds between reads of the peers while the handshake wake-up runs (> 0).'), 3600);
+		o.placeholder = '10';
+		o.validate = function(section_id, value) { return wgv.above(value, 0); };
+
+		o = secondsOption(s, 'poll_interval', _('Poll interval'),
+			_('Seconds between reads of the peers without the wake-up (> 0).'), 3600);
 		o.placeholder = '2';
 		o.validate = function(section_id, value) { return wgv.above(value, 0); };
 
