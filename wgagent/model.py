@@ -49,6 +49,7 @@ class InterfaceState:
     backend: str  # "kernel" | "uapi" | "" (not a WireGuard interface, or absent)
     peers: tuple[Peer, ...] | None
     error: str = ""
+    listen_port: int = 0  # the UDP port its WireGuard listens on (0: unknown); wake.py watches it
 
 
 class Route(NamedTuple):

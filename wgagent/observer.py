@@ -49,13 +49,21 @@ class Observer:
         self.ubus = None
         self._resolve_quiet_until = -1e18
 
-    def peers(self):
+    def peers(self, only: set[str] | None = None, previous=()):
         """(links by name, an InterfaceState per configured interface). An interface
         that cannot be read has peers=None (the backends say why); OSError only when
-        the links themselves cannot be read."""
+        the links themselves cannot be read.
+
+        only: read just these interfaces (a handshake seen on the wire, wake.py); the
+        others keep their state from `previous` (the last pass's), as read then."""
         links = self.rtnl.links()
-        states: list[InterfaceState] = [self.sources.read(i.name, links.get(i.name))
-                                        for i in self.config.interfaces]
+        if only is None:
+            return links, [self.sources.read(i.name, links.get(i.name)) for i in self.config.interfaces]
+        before = {s.name: s for s in previous}
+        states: list[InterfaceState] = []
+        for i in self.config.interfaces:
+            kept = before.get(i.name)
+            states.append(self.sources.read(i.name, links.get(i.name)) if i.name in only or kept is None else kept)
         return links, states
 
     def kernel(self, links, mono: float) -> KernelView:

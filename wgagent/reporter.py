@@ -191,8 +191,16 @@ class Reporter:
             if v.up:
                 key = (v.interface, v.peer.public_key)
                 now_up[key] = v
-                if key not in was_up:
+                before = was_up.get(key)
+                if before is None:
                     lines.append(("peer_up", peer_fields(v), peer_note(v)))
+                elif before.peer.endpoint != v.peer.endpoint and before.peer.endpoint and v.peer.endpoint:
+                    # roaming while connected here (a new address, the same router): its
+                    # routes stay, the tunnel follows WireGuard's endpoint on its own
+                    lines.append(("peer_endpoint_changed",
+                                  {"iface": v.interface, "peer": v.label, "endpoint": v.peer.endpoint,
+                                   "previous": before.peer.endpoint},
+                                  dict(peer_note(v), previous=before.peer.endpoint)))
             elif v.reason == IDLE:
                 idle.add((v.interface, v.peer.public_key))
             elif v.reason == MOVED:

@@ -43,6 +43,7 @@ WG_GENL_NAME = b"wireguard"
 WG_GENL_VERSION = 1
 WG_CMD_GET_DEVICE = 0
 WGDEVICE_A_IFNAME = 2
+WGDEVICE_A_LISTEN_PORT = 6
 WGDEVICE_A_PEERS = 8
 WGPEER_A_PUBLIC_KEY = 1
 WGPEER_A_ENDPOINT = 4
@@ -239,6 +240,16 @@ def _merge(payloads, memo: dict | None) -> tuple[Peer, ...]:
     return peers
 
 
+def listen_port(payloads) -> int:
+    """WGDEVICE_A_LISTEN_PORT of a dump (every message carries the device's attributes
+    before its peers; the first one's are read); 0 when absent."""
+    for buf in payloads[:1]:
+        for kind, v, v_end in _attrs(buf, 4, len(buf)):
+            if kind == WGDEVICE_A_LISTEN_PORT and v_end - v == 2:
+                return _U16.unpack_from(buf, v)[0]
+    return 0
+
+
 def _payload(data: bytes, _mtype: int, off: int, end: int) -> bytes:
     return data[off:end]
 
@@ -255,6 +266,7 @@ class KernelWireGuard:
         self._sock: NetlinkSocket | None = None
         self._family = 0
         self._memo: dict[str, dict] = {}  # per interface: see merge_dump
+        self.ports: dict[str, int] = {}  # per interface: its listen port at the last read
 
     def serves(self, name: str, link: Link) -> str:
         """A link of kind wireguard is the kernel's, whatever sockets lie around."""
@@ -295,7 +307,9 @@ class KernelWireGuard:
             # the whole dump first, decoded after: decoding between the reads would
             # widen the window in which a change interrupts the dump
             payloads = self._sock.dump(self._family, [request], _payload, ifname)
-            return merge_dump(payloads, self._memo.setdefault(ifname, {}))
+            peers = merge_dump(payloads, self._memo.setdefault(ifname, {}))
+            self.ports[ifname] = listen_port(payloads)
+            return peers
         except KernelWgError as e:  # ours: say which interface
             self.close()
             raise KernelWgError(e.errno, f"{ifname}: {e.strerror}") from None

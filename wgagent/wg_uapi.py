@@ -244,6 +244,16 @@ def parse(answer: bytes, memo: dict | None = None) -> tuple[Peer, ...]:
     return tuple(peers)
 
 
+def listen_port(answer: bytes) -> int:
+    """The interface's listen_port= line (before the first peer's); 0 when absent."""
+    head = answer[:answer.find(b"public_key=")] if b"public_key=" in answer[:4096] else answer[:4096]
+    at = head.find(b"listen_port=")
+    if at < 0 or (at and head[at - 1:at] != b"\n"):
+        return 0
+    value = head[at + 12:head.find(b"\n", at)]
+    return int(value) if value.isdigit() and len(value) <= 5 and int(value) < 65536 else 0
+
+
 def _parse_lines(body: str) -> tuple[Peer, ...]:
     """Any well-formed answer, line by line: keys in any order, unknown keys skipped."""
     peers: list[Peer] = []
@@ -292,12 +302,16 @@ class UapiWireGuard:
     def __init__(self, directory: str = SOCKET_DIR):
         self.directory = directory
         self._memo: dict[str, dict] = {}  # per interface: see parse
+        self.ports: dict[str, int] = {}  # per interface: its listen port at the last read
 
     def serves(self, name: str, link: Link) -> str:
         return probe(socket_path(name, self.directory))
 
     def read_peers(self, ifname: str) -> tuple[Peer, ...]:
-        return parse(request(socket_path(ifname, self.directory)), self._memo.setdefault(ifname, {}))
+        answer = request(socket_path(ifname, self.directory))
+        peers = parse(answer, self._memo.setdefault(ifname, {}))
+        self.ports[ifname] = listen_port(answer)
+        return peers
 
     def close(self):
         self._memo.clear()

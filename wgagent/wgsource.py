@@ -30,6 +30,8 @@ class Backend(Protocol):
         """The interface's peers; an OSError (the backend's own subclass) when it
         cannot read them, and no other exception whatever the other side sends."""
 
+    # optional: ports, {interface: its listen port at the last read} (wake.py watches them)
+
     def close(self) -> None:
         ...
 
@@ -63,7 +65,7 @@ class PeerSources:
             peers = backend.read_peers(name)
         except OSError as e:
             return InterfaceState(name, backend.kind, None, f"cannot read peers: {e}")
-        return InterfaceState(name, backend.kind, peers)
+        return InterfaceState(name, backend.kind, peers, listen_port=getattr(backend, "ports", {}).get(name, 0))
 
     def close(self):
         for backend in self.backends:
