@@ -31,6 +31,8 @@ from .rtnl import Changes, Interest, RtnlEvents
 RESYNC_SECONDS = 30.0
 SETTLE_SECONDS = 0.02  # after an event, let a burst (netifd flushing a device) arrive
 FULL_READ_SPACING = 0.1  # at least this long between two full reads of the kernel that events ask for
+DEADLINE_SLACK = 0.001  # a verdict's deadline is passed a little after it, not at it
+DEADLINE_SPACING = 0.05  # at least this long between two passes that deadlines ask for
 
 
 class Pass(enum.IntEnum):
@@ -61,14 +63,17 @@ class Daemon:
         self.reload_error = ""  # why the last reload was refused
         self.interest: Interest | None = None  # what the event filter lets through (None: everything)
         self._interest_key = None
+        self._up_endpoints: tuple = (None, frozenset())  # (the Desired it was made of, its endpoints)
+        self._deadline: tuple = (None, _NEVER)  # (the verdicts it was made of, the earliest deadline)
 
     # --- one pass
 
-    def reconcile(self) -> Pass:
-        """One pass: observe, decide, apply, report."""
+    def reconcile(self, only: set[str] | None = None) -> Pass:
+        """One pass: observe, decide, apply, report. only: read just these WireGuard
+        interfaces (a handshake seen on one), the others as the last pass read them."""
         mono, wall = self.mono(), self.clock()
         try:
-            links, states = self.observer.peers()
+            links, states = self.observer.peers() if only is None else self.observer.peers(only, self.last_states)
         except OSError as e:
             self.reporter.read_failed("links", e)
             self.reconciler.dirty = True
@@ -120,6 +125,28 @@ class Daemon:
         self.reporter.read_ok("apply")
         self.reporter.changes(done, desired, previous, wall, self.activity, mono)
         return Pass.REFUSED if r.dirty else Pass.WHOLE
+
+    def up_endpoints(self) -> frozenset:
+        """(interface, endpoint) of every peer up at the last pass: a handshake with
+        one of them on the wire is its rekey (every two minutes while traffic flows),
+        no news. Made once per pass, on the first handshake seen after it."""
+        made_of, endpoints = self._up_endpoints
+        if made_of is not self.last_desired:
+            endpoints = frozenset((v.interface, v.peer.endpoint) for v in self.last_desired.verdicts
+                                  if v.up and v.peer.endpoint)
+            self._up_endpoints = (self.last_desired, endpoints)
+        return endpoints
+
+    def next_deadline(self) -> float | None:
+        """The earliest moment (monotonic) a verdict of the last pass runs out (a
+        handshake expires, a peer falls idle): the loop runs a pass then, whatever the
+        poll interval."""
+        verdicts = self.plans.verdicts  # (interface, key) -> (peer, activity, verdict, valid until); new each pass
+        made_of, until = self._deadline
+        if made_of is not verdicts:
+            until = min((v[3] for v in verdicts.values()), default=_NEVER)
+            self._deadline = (verdicts, until)
+        return None if until == _NEVER else until
 
     def status_document(self, now: float) -> dict:
         """The status as of the last pass (status.py), handshake ages as of now."""
@@ -277,6 +304,15 @@ class Runner:
         self.failures = 0  # passes failed in a row: the backoff
         self.last_pass = Pass.WHOLE
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # the handshake wake-up (wake.py): its packet socket, the re-reads it asks for,
+        # the listen ports it watches ({interface: port}) and by port ({port: interfaces})
+        self.watch = None
+        self.watch_refused = ""  # why the socket could not be opened (said once; tried again at reload)
+        self.schedule = None
+        self.listen_ports: dict[str, int] = {}
+        self.ports_map: dict = {}
+        self.wake_reads = 0  # passes a handshake asked for
+        self.pass_at = -_NEVER  # when the last full pass started (monotonic)
 
     def _on_signal(self, signum, frame):
         if signum == signal.SIGHUP:
@@ -286,14 +322,25 @@ class Runner:
         else:
             self.stop_signal = signum
 
-    def _reconcile(self) -> Pass:
-        self.last_pass = self.daemon.reconcile()
+    def _reconcile(self, only: set[str] | None = None) -> Pass:
+        self.last_pass = self.daemon.reconcile(only)
         self.control.publish(self.daemon, self.daemon.reporter.said)
+        if self.schedule is not None:
+            now = time.monotonic()
+            for name in (self.listen_ports if only is None else only):
+                self.schedule.observed(name, now)
+        self._aim_watch()
         return self.last_pass
+
+    def poll_interval(self) -> float:
+        """The poll: a safety net while the wake-up runs, the only detection without it."""
+        agent = self.daemon.config.agent
+        return agent.wake_poll_interval if self.watch is not None else agent.poll_interval
 
     def _pass(self) -> float:
         """One pass; returns the seconds until the next one."""
-        poll = self.daemon.config.agent.poll_interval
+        poll = self.poll_interval()
+        self.pass_at = time.monotonic()
         if self._reconcile():
             self.failures = 0
             return poll
@@ -307,6 +354,9 @@ class Runner:
         waiting = self.control.waiting("reload")
         d = self.daemon
         taken = d.reload()
+        if taken:
+            self.watch_refused = ""  # a reload tries the socket again
+            self._want_watch()
         self.control.dirty = True
         self.control.answer(waiting, {"taken": True, "path": d.config.path} if taken else
                             {"taken": False, "error": d.reload_error})
@@ -322,20 +372,111 @@ class Runner:
             d.firewall.start()
         d.start_notifiers()
         self.control.start()
+        self._want_watch()
         try:
             return self._loop()
         finally:
             signal.set_wakeup_fd(-1)
             d.stop_notifiers()
             self.control.stop()
+            self._close_watch()
 
     def _firewall_changed(self) -> None:
         self.control.dirty = True  # published after the next pass
 
+    # --- the handshake wake-up
+
+    def _want_watch(self) -> None:
+        """Open the packet socket when the config asks for the wake-up (at start and
+        at reload), close it when it no longer does. Where it cannot be opened (no
+        CAP_NET_RAW, no AF_PACKET) one warning says why, and polling goes on as before."""
+        d = self.daemon
+        agent = d.config.agent
+        if not agent.wake:
+            if self.watch is not None:
+                self._close_watch()
+                d.log.info("wake_stopped", detail=f"wake off: polling every {agent.poll_interval:g} s")
+            self.watch_refused = ""
+            return
+        if self.watch is not None:
+            return
+        from . import wake
+
+        watch, reason = wake.open_watch(())
+        if watch is None:
+            if reason != self.watch_refused:
+                d.log.warning("wake_unavailable", error=reason,
+                              detail=f"handshakes are found by polling every {agent.poll_interval:g} s")
+            self.watch_refused = reason
+            return
+        self.watch, self.watch_refused = watch, ""
+        self.schedule = wake.WakeSchedule()
+        self.listen_ports, self.ports_map = {}, {}
+
+    def _close_watch(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
+        self.watch = self.schedule = None
+        self.listen_ports, self.ports_map = {}, {}
+
+    def _aim_watch(self) -> None:
+        """After a pass: the filter follows the interfaces' listen ports as read."""
+        if self.watch is None:
+            return
+        ports = {s.name: s.listen_port for s in self.daemon.last_states if s.listen_port}
+        if ports == self.listen_ports:
+            return
+        from . import wake
+
+        d = self.daemon
+        try:
+            ports_map = wake.port_map(ports)
+            self.watch.set_ports(ports_map)
+        except (ValueError, OSError) as e:  # more ports than a filter holds, or the kernel refused it
+            self._close_watch()
+            self.watch_refused = str(e)
+            d.log.warning("wake_unavailable", error=str(e),
+                          detail=f"handshakes are found by polling every {d.config.agent.poll_interval:g} s")
+            return
+        for name in self.listen_ports.keys() - ports.keys():
+            self.schedule.discard(name)
+        self.listen_ports, self.ports_map = ports, ports_map
+        d.log.info("wake_watching", ports=",".join(f"{n}:{p}" for n, p in sorted(ports.items())) or "-",
+                   poll_interval=d.config.agent.wake_poll_interval)
+
+    def _handshakes(self, now: float) -> None:
+        """Handshakes the socket saw: schedule reads of their interfaces. A match is a
+        reason to look, never proof: the proof is the peer's last_handshake as read."""
+        try:
+            hits = self.watch.drain()
+        except OSError as e:
+            self.daemon.reporter.read_failed("wake", e)
+            return
+        if not hits:
+            return
+        from . import wake
+
+        d = self.daemon
+        known = d.up_endpoints()
+        debug = log_mod.enabled("debug")
+        for hit in hits:
+            delays = wake.reads_for(hit)
+            if not delays:
+                continue
+            remote = hit.remote_endpoint
+            for name in wake.interfaces_for(hit, self.ports_map):
+                if (name, remote) in known:
+                    continue  # the rekey of a peer up at that address: no news
+                self.schedule.hit(name, now, delays)
+                if debug:
+                    d.log.debug("handshake_seen", iface=name, kind=wake.KINDS.get(hit.kind, hit.kind),
+                                direction="out" if hit.outgoing else "in", remote=remote,
+                                reads=",".join(f"{t * 1000:.0f}ms" for t in delays))
+
     def _loop(self) -> int:
         d = self.daemon
         d.log.info("started", pid=os.getpid(), interfaces=",".join(i.name for i in d.config.interfaces) or "-",
-                   poll_interval=d.config.agent.poll_interval)
+                   poll_interval=self.poll_interval(), wake="on" if self.watch is not None else "off")
         next_poll = 0.0
         event_due = _NEVER  # when the pass that events asked for runs
         frozen = False
@@ -352,6 +493,11 @@ class Runner:
                     d.firewall.nudge()
                 next_poll = 0.0
             now = time.monotonic()
+            # a verdict that runs out (a handshake expiring, a peer falling idle) is a
+            # pass of its own, at that moment (not before the last pass, never a spin)
+            deadline = None if self.failures else d.next_deadline()  # while passes fail, the backoff rules
+            if deadline is not None and deadline + DEADLINE_SLACK < next_poll:
+                next_poll = max(deadline + DEADLINE_SLACK, self.pass_at + DEADLINE_SPACING)
             if now >= next_poll:
                 next_poll = now + self._pass()
                 if answer_after_pass:
@@ -368,9 +514,26 @@ class Runner:
                     self.failures = 1
                     next_poll = min(next_poll, time.monotonic() + 1.0)
                 continue
-            ready, _, _ = select.select([self.events, self._wake_r], [], [], min(next_poll, event_due) - now)
+            wake_due = self.schedule.next_deadline() if self.schedule is not None else None
+            if wake_due is not None and now >= wake_due:
+                # a handshake was seen: read those interfaces only (the rest as last read)
+                due = self.schedule.due(now) & self.listen_ports.keys()
+                if due and not self.failures:
+                    self.wake_reads += 1
+                    d.log.debug("wake_read", interfaces=",".join(sorted(due)))
+                    if not self._reconcile(due):
+                        self.failures = 1
+                        next_poll = min(next_poll, time.monotonic() + 1.0)
+                continue
+            waits = [self.events, self._wake_r]
+            if self.watch is not None:
+                waits.append(self.watch)
+            timeout = min(next_poll, event_due, _NEVER if wake_due is None else wake_due) - now
+            ready, _, _ = select.select(waits, [], [], timeout)
             if self._wake_r in ready:
                 _drain_pipe(self._wake_r)
+            if self.watch is not None and self.watch in ready:
+                self._handshakes(time.monotonic())
             if self.events in ready:
                 time.sleep(SETTLE_SECONDS)
                 changes = self._events()
