@@ -355,8 +355,7 @@ class Runner:
         d = self.daemon
         taken = d.reload()
         if taken:
-            self.watch_refused = ""  # a reload tries the socket again
-            self._want_watch()
+            self._want_watch()  # tried again; said again only for another reason
         self.control.dirty = True
         self.control.answer(waiting, {"taken": True, "path": d.config.path} if taken else
                             {"taken": False, "error": d.reload_error})
