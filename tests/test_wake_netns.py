@@ -67,6 +67,8 @@ def test_a_new_peer_is_routed_within_half_a_second_of_its_handshake_with_poll_10
     assert any("kind=response" in line and "direction=out" in line for line in seen), agent.log()
     assert wake_reads(agent), agent.log()
     assert len(agent.events("route_added")) == 1 and "reason=handshake" in agent.events("route_added")[0]
+    wait_for(lambda: "detection: handshake wake-up (wg0:51820), safety-net poll every 10 s"
+             in agent.run_cli("status").stdout, 5 * SLOWDOWN, what="`wgagent status` naming the wake-up")
 
 
 def test_the_phone_rekeying_at_its_known_address_asks_for_no_read(site):
@@ -158,6 +160,8 @@ def test_without_cap_net_raw_one_warning_and_polling(site):
     warned = agent.events("wake_unavailable")
     assert len(warned) == 1 and "CAP_NET_RAW" in warned[0], agent.log()
     assert "wake=off" in agent.events("started")[-1]
+    wait_for(lambda: "detection: polling every 0.5 s (wake-up unavailable: AF_PACKET socket: Operation not permitted"
+             in agent.run_cli("status").stdout, 5 * SLOWDOWN, what="`wgagent status` saying why there is no wake-up")
     site.handshake("p1")
     wait_for(lambda: owned_prefixes(site.r) == {"10.0.31.5"}, 2 * SLOWDOWN, what="the route by polling")
     # a reload tries again, and says it again only if the reason changed

@@ -65,6 +65,7 @@ class Daemon:
         self._interest_key = None
         self._up_endpoints: tuple = (None, frozenset())  # (the Desired it was made of, its endpoints)
         self._deadline: tuple = (None, _NEVER)  # (the verdicts it was made of, the earliest deadline)
+        self.detection: dict | None = None  # how handshakes are found, for the status (Runner)
 
     # --- one pass
 
@@ -396,6 +397,7 @@ class Runner:
                 self._close_watch()
                 d.log.info("wake_stopped", detail=f"wake off: polling every {agent.poll_interval:g} s")
             self.watch_refused = ""
+            self._say_detection()
             return
         if self.watch is not None:
             return
@@ -407,10 +409,21 @@ class Runner:
                 d.log.warning("wake_unavailable", error=reason,
                               detail=f"handshakes are found by polling every {agent.poll_interval:g} s")
             self.watch_refused = reason
+            self._say_detection()
             return
         self.watch, self.watch_refused = watch, ""
         self.schedule = wake.WakeSchedule()
         self.listen_ports, self.ports_map = {}, {}
+        self._say_detection()
+
+    def _say_detection(self) -> None:
+        """The status's "detection" entry: the wake-up and the poll as they are now."""
+        agent = self.daemon.config.agent
+        state = "on" if self.watch is not None else "off" if not agent.wake else "unavailable"
+        self.daemon.detection = {"wake": state, "error": self.watch_refused or None,
+                                 "ports": dict(sorted(self.listen_ports.items())),
+                                 "poll_interval": self.poll_interval(), "wake_reads": self.wake_reads}
+        self.control.dirty = True
 
     def _close_watch(self) -> None:
         if self.watch is not None:
@@ -436,10 +449,12 @@ class Runner:
             self.watch_refused = str(e)
             d.log.warning("wake_unavailable", error=str(e),
                           detail=f"handshakes are found by polling every {d.config.agent.poll_interval:g} s")
+            self._say_detection()
             return
         for name in self.listen_ports.keys() - ports.keys():
             self.schedule.discard(name)
         self.listen_ports, self.ports_map = ports, ports_map
+        self._say_detection()
         d.log.info("wake_watching", ports=",".join(f"{n}:{p}" for n, p in sorted(ports.items())) or "-",
                    poll_interval=d.config.agent.wake_poll_interval)
 
