@@ -11,7 +11,10 @@ from wgagent import wake
 from wgagent.model import InterfaceState
 from wgagent.rtnl import Link
 
-from .test_daemon import K1, K2, WALL0, make, peer, world  # noqa: F401  (world: the fixture)
+from . import test_daemon
+from .test_daemon import K1, K2, WALL0, make, peer
+
+world = test_daemon.world  # the fixture: test_daemon's in-memory kernel and WireGuard
 
 
 class Watch:
