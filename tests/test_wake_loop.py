@@ -158,3 +158,17 @@ def test_the_next_deadline_is_the_earliest_verdicts(world):
     d.reconcile()
     assert world.routes() == {"10.0.31.5/32"}
     assert d.next_deadline() == pytest.approx(world.clocks.mono + 44)
+
+
+def test_a_packet_socket_that_fails_is_given_up_for_polling(loop):
+    loop._reconcile()
+
+    def broken(limit=256):
+        raise OSError(100, "Network is down")
+    loop.watch.drain = broken
+    watch = loop.watch
+    loop._handshakes(100.0)
+    assert watch.closed and loop.watch is None and loop.poll_interval() == 2
+    said = loop.daemon.log.events("wake_unavailable")
+    assert len(said) == 1 and "Network is down" in said[0]["error"]
+    assert loop.daemon.detection["wake"] == "unavailable"

@@ -463,8 +463,13 @@ class Runner:
         reason to look, never proof: the proof is the peer's last_handshake as read."""
         try:
             hits = self.watch.drain()
-        except OSError as e:
-            self.daemon.reporter.read_failed("wake", e)
+        except OSError as e:  # a socket that fails once would fail at every wake-up: give it up
+            self._close_watch()
+            self.watch_refused = f"reading the packet socket: {e.strerror or e}"
+            self.daemon.log.warning("wake_unavailable", error=self.watch_refused,
+                                    detail=f"polling every {self.daemon.config.agent.poll_interval:g} s "
+                                           "until the next reload")
+            self._say_detection()
             return
         if not hits:
             return
