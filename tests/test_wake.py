@@ -55,7 +55,8 @@ def ipv4(l4: bytes, src: str = "192.0.2.2", dst: str = "192.0.2.1", proto: int =
                        socket.inet_pton(socket.AF_INET, src), socket.inet_pton(socket.AF_INET, dst)) + options + l4
 
 
-def ipv6(l4: bytes, src: str = "2001:db8::2", dst: str = "2001:db8::1", nh: int = 17, hop_by_hop: bool = False) -> bytes:
+def ipv6(l4: bytes, src: str = "2001:db8::2", dst: str = "2001:db8::1", nh: int = 17,
+         hop_by_hop: bool = False) -> bytes:
     if hop_by_hop:  # next header UDP, length 0 (8 bytes), a PadN of 4
         l4, nh = bytes([nh, 0, 1, 4, 0, 0, 0, 0]) + l4, 0
     return struct.pack("!IHBB16s16s", 6 << 28, len(l4), nh, 64, socket.inet_pton(socket.AF_INET6, src),
@@ -341,7 +342,10 @@ while True:
             break
         cmd = json.loads(line)
         if "ports" in cmd:
-            say(changed=watch.set_ports(cmd["ports"]))
+            try:
+                say(changed=watch.set_ports(cmd["ports"]))
+            except ValueError as e:
+                say(refused=str(e))
         if "stats" in cmd:
             say(stats=watch.stats())
 """
@@ -481,6 +485,12 @@ def test_set_ports_changes_what_passes(pair):
     assert watch.command("changed", ports=[51821, PORT]) is True
     send(b, (A6, PORT, 40006, message(2)), (A4, PORT, SENTINEL, message(1)))
     assert [(h.sport, h.family) for h in watch.hits_until(SENTINEL)] == [(40006, 6)]
+    # the longest filter: the kernel takes it, and it works to its last port
+    many = list(range(50000, 50000 + wake.MAX_PORTS))
+    assert watch.command("changed", ports=many) is True
+    assert "at most 1024" in watch.command("refused", ports=many + [PORT])
+    send(b, (A4, many[-1], 40007, message(3)), (A4, PORT, 40008, message(1)), (A4, many[0], SENTINEL, message(1)))
+    assert [(h.sport, h.dport) for h in watch.hits_until(SENTINEL)] == [(40007, many[-1])]
 
 
 @pytest.mark.root
@@ -493,9 +503,12 @@ def test_without_outgoing_only_received_handshakes(pair):
 
 
 @pytest.mark.root
-def test_without_cap_net_raw_it_says_why(pair):
+def test_open_watch_says_why_it_cannot(pair):
     a, _ = pair
     if shutil.which("setpriv") is None:
         _cannot_run("needs setpriv (util-linux)")
     r = a.run("setpriv", "--bounding-set=-net_raw", "--inh-caps=-net_raw", sys.executable, "-c", REFUSED)
     assert r.stdout.strip() == "AF_PACKET socket: Operation not permitted (needs CAP_NET_RAW)"
+    # with it, but more ports than a filter holds: no watch either, and no exception
+    r = a.run(sys.executable, "-c", REFUSED.replace("[51820]", "range(1, 2000)"))
+    assert r.stdout.strip() == "1999 listen ports: the packet filter holds at most 1024"

@@ -300,6 +300,8 @@ class HandshakeWatch:
                 size, (device, protocol, pkttype, *_) = self.sock.recvfrom_into(self._view)
             except BlockingIOError:
                 break
+            # Python names the device itself (SIOCGIFNAME of sll_ifindex, per packet):
+            # "" when it is gone already. Handshakes are rare enough for that to cost nothing
             hit = parse(bytes(self._view[:size]), pkttype, device, protocol)
             if hit is None or hit.outgoing and not self.outgoing:
                 continue
