@@ -2,7 +2,7 @@
 call site, clock steps, interfaces unreadable for too long, reload, the backoff,
 the idle file. No root: the kernel and the WireGuard backends are stand-ins that
 keep state like the real ones (routes added stay until deleted, deleting what is
-gone answers ESRCH), and fail where a test tells them to."""
+gone answers ESRCH for a route, ENOENT for a rule), and fail where a test tells them to."""
 
 from __future__ import annotations
 
@@ -83,15 +83,19 @@ class Kernel:
                 self.owned.discard(route)
         return out
 
-    def add_rule(self, rule):
-        self._site("add_rule")
-        self.rule_set.add(rule)
-        return True
-
-    def delete_rule(self, rule):
-        self._site("delete_rule")
-        self.rule_set.discard(rule)
-        return True
+    def apply_rules(self, changes):
+        """A batch fails whole at the site of a verb it holds (add_rule, delete_rule)."""
+        for verb in sorted({verb for verb, _ in changes}):
+            self._site(f"{verb}_rule")
+        out = []
+        for verb, rule in changes:
+            if verb == "add":
+                out.append(errno.EEXIST if rule in self.rule_set else 0)
+                self.rule_set.add(rule)
+            else:
+                out.append(0 if rule in self.rule_set else errno.ENOENT)
+                self.rule_set.discard(rule)
+        return out
 
 
 class Sources:
