@@ -63,7 +63,7 @@ def hit(kind=wake.RESPONSE, outgoing=True, remote=("192.0.2.50", 40000), port=51
 @pytest.fixture
 def loop(world):
     """A Runner on a daemon with wg0 (port 51820) and wg1 (51821), its watch a stand-in."""
-    text = make(poll_interval=2, wake_poll_interval=10) + "config interface 'wg1'\n"
+    text = make() + "config interface 'wg1'\n"  # poll_interval not set: 10 s with the wake-up, 2 s without
     d = world.daemon(text)
     world.kernel.link_map["wg1"] = Link(6, "wg1", "wireguard", True)
     world.sources.peers["wg1"] = ()
@@ -75,10 +75,16 @@ def loop(world):
     return runner
 
 
-def test_the_poll_is_a_safety_net_only_while_the_wake_up_runs(loop):
+def test_the_poll_is_a_safety_net_only_while_the_wake_up_runs(loop, world):
     assert loop.poll_interval() == 10
     loop._close_watch()
     assert loop.poll_interval() == 2
+    # a poll_interval set is the poll either way
+    d = world.daemon(make(poll_interval=0.5))
+    runner = daemon_mod.Runner(d, events=None)
+    assert runner.poll_interval() == 0.5
+    runner.watch = Watch()
+    assert runner.poll_interval() == 0.5
 
 
 def test_the_filter_follows_the_listen_ports_read(loop):

@@ -22,8 +22,8 @@ from .test_routes_netns import Site
 
 pytestmark = pytest.mark.root
 
-SAFETY_POLL = 10  # poll_interval and wake_poll_interval: the poll cannot be what finds a handshake
-WAKE_AGENT = f"option wake_poll_interval '{SAFETY_POLL}'\noption log_level 'debug'\n"
+SAFETY_POLL = 10  # the default poll while the wake-up runs: the poll cannot be what finds a handshake
+WAKE_AGENT = "option log_level 'debug'\n"
 
 
 @pytest.fixture
@@ -32,7 +32,8 @@ def site(lab, backend):
 
 
 def wake_config(site, agent: str = WAKE_AGENT) -> str:
-    return site.config(agent=agent).replace("option poll_interval '0.5'", f"option poll_interval '{SAFETY_POLL}'")
+    # poll_interval not set: the wake-up's default safety-net poll
+    return site.config(agent=agent).replace("\toption poll_interval '0.5'\n", "")
 
 
 def start_watching(site, config: str) -> Agent:

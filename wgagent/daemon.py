@@ -335,8 +335,7 @@ class Runner:
 
     def poll_interval(self) -> float:
         """The poll: a safety net while the wake-up runs, the only detection without it."""
-        agent = self.daemon.config.agent
-        return agent.wake_poll_interval if self.watch is not None else agent.poll_interval
+        return self.daemon.config.agent.poll(self.watch is not None)
 
     def _pass(self) -> float:
         """One pass; returns the seconds until the next one."""
@@ -395,7 +394,7 @@ class Runner:
         if not agent.wake:
             if self.watch is not None:
                 self._close_watch()
-                d.log.info("wake_stopped", detail=f"wake off: polling every {agent.poll_interval:g} s")
+                d.log.info("wake_stopped", detail=f"wake off: polling every {agent.poll(False):g} s")
             self.watch_refused = ""
             self._say_detection()
             return
@@ -407,7 +406,7 @@ class Runner:
         if watch is None:
             if reason != self.watch_refused:
                 d.log.warning("wake_unavailable", error=reason,
-                              detail=f"handshakes are found by polling every {agent.poll_interval:g} s")
+                              detail=f"handshakes are found by polling every {agent.poll(False):g} s")
             self.watch_refused = reason
             self._say_detection()
             return
@@ -448,7 +447,7 @@ class Runner:
             self._close_watch()
             self.watch_refused = str(e)
             d.log.warning("wake_unavailable", error=str(e),
-                          detail=f"handshakes are found by polling every {d.config.agent.poll_interval:g} s")
+                          detail=f"handshakes are found by polling every {d.config.agent.poll(False):g} s")
             self._say_detection()
             return
         for name in self.listen_ports.keys() - ports.keys():
@@ -456,7 +455,7 @@ class Runner:
         self.listen_ports, self.ports_map = ports, ports_map
         self._say_detection()
         d.log.info("wake_watching", ports=",".join(f"{n}:{p}" for n, p in sorted(ports.items())) or "-",
-                   poll_interval=d.config.agent.wake_poll_interval)
+                   poll_interval=d.config.agent.poll(True))
 
     def _handshakes(self, now: float) -> None:
         """Handshakes the socket saw: schedule reads of their interfaces. A match is a
@@ -467,7 +466,7 @@ class Runner:
             self._close_watch()
             self.watch_refused = f"reading the packet socket: {e.strerror or e}"
             self.daemon.log.warning("wake_unavailable", error=self.watch_refused,
-                                    detail=f"polling every {self.daemon.config.agent.poll_interval:g} s "
+                                    detail=f"polling every {self.daemon.config.agent.poll(False):g} s "
                                            "until the next reload")
             self._say_detection()
             return
