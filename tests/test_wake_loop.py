@@ -178,3 +178,13 @@ def test_a_packet_socket_that_fails_is_given_up_for_polling(loop):
     said = loop.daemon.log.events("wake_unavailable")
     assert len(said) == 1 and "Network is down" in said[0]["error"]
     assert loop.daemon.detection["wake"] == "unavailable"
+
+
+def test_the_deadline_heap_stays_bounded_when_every_verdict_changes(world):
+    d = world.daemon(handshake_timeout=180)
+    for i in range(50):
+        world.sources.peers["wg0"] = tuple(peer(f"{k:043d}=", f"10.0.31.{k}/32", WALL0 - 5, rx=i) for k in range(20))
+        d.reconcile()
+        assert d.next_deadline() is not None
+        world.clocks.step(1)
+    assert len(d._deadlines) <= 2 * 20 + 64

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import gc
+import heapq
 import os
 import select
 import signal
@@ -64,7 +65,8 @@ class Daemon:
         self.interest: Interest | None = None  # what the event filter lets through (None: everything)
         self._interest_key = None
         self._up_endpoints: tuple = (None, frozenset())  # (the Desired it was made of, its endpoints)
-        self._deadline: tuple = (None, _NEVER)  # (the verdicts it was made of, the earliest deadline)
+        self._deadlines: list = []  # a heap of (valid until, (interface, key)): see next_deadline
+        self._deadlines_config = None
         self.detection: dict | None = None  # how handshakes are found, for the status (Runner)
 
     # --- one pass
@@ -142,12 +144,25 @@ class Daemon:
         """The earliest moment (monotonic) a verdict of the last pass runs out (a
         handshake expires, a peer falls idle): the loop runs a pass then, whatever the
         poll interval."""
-        verdicts = self.plans.verdicts  # (interface, key) -> (peer, activity, verdict, valid until); new each pass
-        made_of, until = self._deadline
-        if made_of is not verdicts:
-            until = min((v[3] for v in verdicts.values()), default=_NEVER)
-            self._deadline = (verdicts, until)
-        return None if until == _NEVER else until
+        memo, heap = self.plans, self._deadlines
+        if memo.fresh:  # the verdicts the last pass made anew (those that stood are in already)
+            if memo.config is not self._deadlines_config:  # a new config: every verdict is new
+                heap.clear()
+                self._deadlines_config = memo.config
+            for entry in memo.fresh:
+                heapq.heappush(heap, entry)
+            memo.fresh = []
+        verdicts = memo.verdicts  # (interface, key) -> (peer, activity, verdict, valid until)
+        if len(heap) > 2 * len(verdicts) + 64:  # replaced verdicts' entries piling up (every peer changing)
+            heap[:] = [(v[3], k) for k, v in verdicts.items() if v[3] != _NEVER]
+            heapq.heapify(heap)
+        while heap:  # lazy deletion: an entry stands while its verdict does
+            until, key = heap[0]
+            v = verdicts.get(key)
+            if v is not None and v[3] == until:
+                return until
+            heapq.heappop(heap)
+        return None
 
     def status_document(self, now: float) -> dict:
         """The status as of the last pass (status.py), handshake ages as of now."""
