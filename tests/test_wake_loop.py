@@ -188,3 +188,19 @@ def test_the_deadline_heap_stays_bounded_when_every_verdict_changes(world):
         assert d.next_deadline() is not None
         world.clocks.step(1)
     assert len(d._deadlines) <= 2 * 20 + 64
+
+
+def test_a_flood_of_forged_initiations_is_one_read_a_second(loop):
+    loop._reconcile()
+    reads = 0
+    for i in range(300):  # 100 a second for 3 s, each from another address
+        now = 100.0 + i * 0.01
+        loop.watch.hits = [hit(wake.INITIATION, outgoing=False, remote=(f"198.51.100.{i % 250}", 40000 + i))]
+        loop._handshakes(now)
+        reads += len(loop.schedule.due(now))
+    reads += len(loop.schedule.due(200.0))
+    assert reads == 3
+    # an answer of ours (a real peer) is never held back by it
+    loop.watch.hits = [hit(wake.RESPONSE, outgoing=True, remote=("198.51.100.7", 50000))]
+    loop._handshakes(300.0)
+    assert loop.schedule.next_deadline() == pytest.approx(300.0 + wake.DELAYS[0])

@@ -34,6 +34,7 @@ SETTLE_SECONDS = 0.02  # after an event, let a burst (netifd flushing a device) 
 FULL_READ_SPACING = 0.1  # at least this long between two full reads of the kernel that events ask for
 DEADLINE_SLACK = 0.001  # a verdict's deadline is passed a little after it, not at it
 DEADLINE_SPACING = 0.05  # at least this long between two passes that deadlines ask for
+UNANSWERED_SPACING = 1.0  # seconds between two reads of an interface for initiations coming in alone
 
 
 class Pass(enum.IntEnum):
@@ -328,6 +329,7 @@ class Runner:
         self.listen_ports: dict[str, int] = {}
         self.ports_map: dict = {}
         self.wake_reads = 0  # passes a handshake asked for
+        self.unanswered_at: dict[str, float] = {}  # interface -> when an initiation in last asked for a read
         self.pass_at = -_NEVER  # when the last full pass started (monotonic)
 
     def _on_signal(self, signum, frame):
@@ -497,9 +499,17 @@ class Runner:
             if not delays:
                 continue
             remote = hit.remote_endpoint
+            unanswered = hit.kind == wake.INITIATION and not hit.outgoing
             for name in wake.interfaces_for(hit, self.ports_map):
                 if (name, remote) in known:
                     continue  # the rekey of a peer up at that address: no news
+                if unanswered:
+                    # the read for an initiation whose answer the socket might miss: anyone
+                    # can send those, so at most one an interface per UNANSWERED_SPACING (a
+                    # real one is answered, and the answer asks for reads of its own)
+                    if now - self.unanswered_at.get(name, -_NEVER) < UNANSWERED_SPACING:
+                        continue
+                    self.unanswered_at[name] = now
                 self.schedule.hit(name, now, delays)
                 if debug:
                     d.log.debug("handshake_seen", iface=name, kind=wake.KINDS.get(hit.kind, hit.kind),
