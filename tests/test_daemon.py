@@ -2,7 +2,7 @@
 call site, clock steps, interfaces unreadable for too long, reload, the backoff,
 the idle file. No root: the kernel and the WireGuard backends are stand-ins that
 keep state like the real ones (routes added stay until deleted, deleting what is
-gone answers ESRCH), and fail where a test tells them to."""
+gone answers ESRCH for a route, ENOENT for a rule), and fail where a test tells them to."""
 
 from __future__ import annotations
 
@@ -73,25 +73,26 @@ class Kernel:
 
     def apply_routes(self, changes):
         self._site("apply_routes")
+        return self._apply(self.owned, [(verb, route) for verb, route, _ in changes], errno.ESRCH)
+
+    def apply_rules(self, changes):
+        """A batch fails whole at the site of a verb it holds (add_rule, delete_rule)."""
+        for verb in sorted({verb for verb, _ in changes}):
+            self._site(f"{verb}_rule")
+        return self._apply(self.rule_set, changes, errno.ENOENT)
+
+    @staticmethod
+    def _apply(held: set, changes, gone: int) -> list[int]:
+        """An errno per change: EEXIST for an add of what is held, `gone` for a delete of what is not."""
         out = []
-        for verb, route, _ in changes:
+        for verb, item in changes:
             if verb == "add":
-                out.append(errno.EEXIST if route in self.owned else 0)
-                self.owned.add(route)
+                out.append(errno.EEXIST if item in held else 0)
+                held.add(item)
             else:
-                out.append(0 if route in self.owned else errno.ESRCH)
-                self.owned.discard(route)
+                out.append(0 if item in held else gone)
+                held.discard(item)
         return out
-
-    def add_rule(self, rule):
-        self._site("add_rule")
-        self.rule_set.add(rule)
-        return True
-
-    def delete_rule(self, rule):
-        self._site("delete_rule")
-        self.rule_set.discard(rule)
-        return True
 
 
 class Sources:
@@ -253,6 +254,59 @@ def test_a_refused_change_is_retried_every_pass_without_backoff(world):
     assert world.log.events("route_add_failed") and len(world.log.events("route_add_failed")) == 1
     world.kernel.apply_routes = real
     assert d.reconcile() == daemon_mod.Pass.WHOLE and world.routes() == {"10.0.31.5/32"}
+
+
+def test_rule_changes_go_as_one_batch_and_a_refused_one_is_said_alone(world):
+    """A pass's rule adds are one call (one batch); the kernel refuses one of them
+    (EINVAL): that rule alone is said, once, its error as an OSError reads; the others
+    are added and said; it is retried every pass until the kernel takes it."""
+    d = world.daemon(make("\toption source_table '100'\n"))
+    world.sources.peers["wg0"] = (peer(K1, "10.0.31.5/32", WALL0 - 5), peer(K2, "10.0.31.6/32", WALL0 - 5))
+    real = world.kernel.apply_rules
+    calls = []
+
+    def refuse_one(changes):
+        calls.append([verb for verb, _ in changes])
+        done = iter(real([c for c in changes if c[1].src != "10.0.31.6"]))
+        return [errno.EINVAL if rule.src == "10.0.31.6" else next(done) for _, rule in changes]
+    world.kernel.apply_rules = refuse_one
+    for _ in range(3):
+        world.clocks.step(1)
+        assert d.reconcile() == daemon_mod.Pass.REFUSED
+    assert calls[0] == ["add"] * 3, "the suppress rule and both source rules in one call"
+    warnings = [(event, kw) for level, event, kw in world.log.lines if level == "warning"]
+    assert warnings == [("rule_add_failed", {"error": str(OSError(errno.EINVAL, os.strerror(errno.EINVAL))),
+                                             "rule": "from 10.0.31.6/32 lookup 100 pref 5100",
+                                             "retry": "every pass; logged again if the error changes"})]
+    assert said_rules(world, "rule_added") == [
+        "from 10.0.31.5/32 lookup 100 pref 5100", "from all lookup 254 suppress_prefixlength 0 pref 5000"]
+    assert calls[1:] == [["add"], ["add"]], "only the refused one is tried again"
+    world.kernel.apply_rules = real
+    world.clocks.step(1)
+    assert d.reconcile() == daemon_mod.Pass.WHOLE
+    assert {r.src for r in world.kernel.rule_set} == {"", "10.0.31.5", "10.0.31.6"}
+    assert "from 10.0.31.6/32 lookup 100 pref 5100" in said_rules(world, "rule_added")
+
+
+def test_rules_already_there_or_already_gone_are_done(world):
+    """EEXIST on an add (the rule is there, with our protocol) and ENOENT on a delete
+    (somebody removed it first) are done: said as added and removed, not as failures."""
+    d = world.daemon(make("\toption source_table '100'\n"))
+    world.sources.peers["wg0"] = (peer(K1, "10.0.31.5/32", WALL0 - 5),)
+    world.kernel.apply_rules = lambda changes: [errno.EEXIST if verb == "add" else errno.ENOENT
+                                                for verb, _ in changes]
+    assert d.reconcile() == daemon_mod.Pass.WHOLE
+    world.sources.peers["wg0"] = ()
+    world.clocks.step(1)
+    assert d.reconcile() == daemon_mod.Pass.WHOLE
+    assert [event for level, event, _ in world.log.lines if level == "warning"] == []
+    both = ["from 10.0.31.5/32 lookup 100 pref 5100", "from all lookup 254 suppress_prefixlength 0 pref 5000"]
+    assert said_rules(world, "rule_added") == both and said_rules(world, "rule_removed") == both
+
+
+def said_rules(world, event: str) -> list[str]:
+    """The rules of every line of that event, sorted (a line holds an owner's rules)."""
+    return sorted(rule for kw in world.log.events(event) for rule in kw["rules"].split("; "))
 
 
 def test_a_burst_of_refused_changes_is_one_warning_not_one_per_route(world):

@@ -145,8 +145,8 @@ def tell(proc, line: str) -> None:
 def test_kill9_at_random_moments_during_applies_then_restart(fresh, figures):
     """Each kill comes at a random moment of an apply of a change of up to 1,000 peers:
     0-20 ms after its first route or rule change reached rtnetlink (the apply's
-    batches, of up to 512 routes a datagram, and its one-by-one rule requests are the
-    moments a kill can fall between). Half of them hit a running daemon applying the
+    batches, of up to 512 routes or rules a datagram, are the moments a kill can fall
+    between). Half of them hit a running daemon applying the
     change at its next poll, the other half a daemon that starts into the change (and
     adopts what the dead one left). Each restart must adopt what the dead one left
     and converge."""

@@ -436,7 +436,7 @@ def test_fuzz_rtnetlink_dumps_and_acknowledgements(figures):
                 r = rtnl.Rtnl()
                 for call in (r.links, lambda: r.addresses({1: "lo", 2: "lan0"}), lambda: r.routes({1: "lo"}),
                              r.rules, lambda: r.apply_routes([("add", route, 3), ("delete", route, 3)]),
-                             lambda: r.add_rule(rule)):
+                             lambda: r.apply_rules([("add", rule), ("delete", rule)])):
                     try:
                         call()
                     except OSError:

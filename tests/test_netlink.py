@@ -7,14 +7,15 @@ test_wg_sources.py, test_kernel_genl.py (generic netlink)."""
 from __future__ import annotations
 
 import errno
+import math
 import socket
 import struct
 
 import pytest
 
 from wgagent import netlink as nl
-from wgagent import rtnl_links, rtnl_routes
-from wgagent.model import RTPROT_WGAGENT, Route
+from wgagent import rtnl_links, rtnl_routes, rtnl_rules
+from wgagent.model import AF_INET, AF_INET6, RTPROT_WGAGENT, Route, Rule
 from wgagent.rtnl import Rtnl
 
 U32 = struct.Struct("=I")
@@ -33,6 +34,7 @@ class ScriptedSocket:
     def __init__(self, answer, log: list):
         self.answer = answer
         self.queue: list = []
+        self.sent: list[bytes] = []  # each datagram sent, as one sendmsg
         self.timeout = None
         self.closed = False
         log.append(self)
@@ -50,6 +52,7 @@ class ScriptedSocket:
         self.closed = True
 
     def sendall(self, data: bytes):
+        self.sent.append(data)
         off = 0
         while off < len(data):
             header = nl.NLMSG.unpack_from(data, off)
@@ -194,6 +197,51 @@ def test_acks_are_matched_by_seq_whatever_their_order_and_left_overs_skipped(ker
     kernel(answer)
     changes = [("add", Route(254, f"10.0.0.{i}", 32, "wg0", 0), 7) for i in range(1, 5)]
     assert Rtnl().apply_routes(changes) == [errno.EEXIST, 0, errno.EEXIST, 0]
+
+
+@pytest.mark.parametrize("n", [1, 7, nl.BATCH, nl.BATCH + 1, 2 * nl.BATCH + 3])
+def test_rule_changes_go_in_batches_a_seq_and_an_answer_each(kernel, n):
+    """n rule changes are ceil(n / BATCH) datagrams, not n round trips; each request
+    has a sequence number of its own and asks for its acknowledgement; the kernel's
+    answers (acks in reverse, one refusal, one already there) are told per change."""
+    requests = []
+    held = []
+
+    def answer(header, request):
+        requests.append(request)
+        seq = header[3]
+        held.append(ack(seq, errno.EINVAL if len(requests) == 3 else errno.EEXIST if len(requests) == n else 0))
+        start = len(requests) - len(held)  # this datagram's first request
+        if len(held) < min(nl.BATCH, n - start):
+            return []  # its acks come after its last request, in reverse
+        out = held[::-1]
+        held.clear()
+        return out
+    opened = kernel(answer)
+    rules = [Rule(AF_INET6 if i % 5 == 0 else AF_INET, 5100 + i % 3, 200 + i % 2,
+                  f"fd31::{i + 1:x}" if i % 5 == 0 else f"10.64.{i // 256}.{i % 256}", 128 if i % 5 == 0 else 32)
+             for i in range(n)]
+    changes = [("delete" if i % 4 == 1 else "add", rule) for i, rule in enumerate(rules)]
+    codes = Rtnl().apply_rules(changes)
+    assert len(opened) == 1 and len(opened[0].sent) == math.ceil(n / nl.BATCH)
+    assert [len(list(nl.messages(d))) for d in opened[0].sent] == [
+        min(nl.BATCH, n - i) for i in range(0, n, nl.BATCH)]
+    headers = [nl.NLMSG.unpack_from(r) for r in requests]
+    assert len({h[3] for h in headers}) == n, "a sequence number per request"
+    assert [h[1] for h in headers] == [rtnl_rules.RTM_NEWRULE if verb == "add" else rtnl_rules.RTM_DELRULE
+                                       for verb, _ in changes]
+    assert all(h[2] & nl.NLM_F_ACK for h in headers)
+    assert [rtnl_rules.decode(r, rtnl_rules.RTM_NEWRULE, nl.NLMSG.size, len(r)) for r in requests] == rules
+    want = [0] * n
+    if n >= 3:
+        want[2] = errno.EINVAL
+    want[n - 1] = errno.EEXIST
+    assert codes == want
+
+
+def test_no_rule_changes_send_nothing(kernel):
+    opened = kernel(lambda header, request: [ack(header[3])])
+    assert Rtnl().apply_rules([]) == [] and opened[0].sent == []
 
 
 RTMSG_OURS = rtnl_routes.RTMSG.pack(2, 32, 0, 0, 254, RTPROT_WGAGENT, 253, 1, 0)

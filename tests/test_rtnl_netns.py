@@ -9,6 +9,10 @@ compared with what `ip -j` (iproute2's own decoder) reports of the same kernel.
       rules: ours (proto 152) in both families, a table > 255, suppress_prefixlength 0;
              somebody else's (proto static) at the same priority, never reported or touched
 
+Rule changes go in batches (one datagram, an answer each): a refused one, one
+already there and one already gone are told apart within a batch, by the codec and
+by the reconciler's lines.
+
 And the daemon's commands (`run --once`, `status`, `check`) never import pyroute2.
 """
 
@@ -46,13 +50,31 @@ WRITE = textwrap.dedent("""
     from wgagent.model import Rule
     r = Rtnl()
     verb, rules = sys.argv[1], [Rule(*x) for x in json.loads(sys.argv[2])]
-    out = []
-    for rule in rules:
-        try:
-            out.append(r.add_rule(rule) if verb == "add" else r.delete_rule(rule))
-        except OSError as e:
-            out.append([e.errno, e.strerror])
-    print(json.dumps(out))
+    print(json.dumps(r.apply_rules([(verb, rule) for rule in rules])))
+""")
+
+
+RECONCILE = textwrap.dedent("""
+    import json, sys
+    from wgagent.model import Rule
+    from wgagent.policy import Desired, RoutePlan, RulePlan
+    from wgagent.reconciler import Reconciler
+    from wgagent.reporter import Reporter
+    from wgagent.rtnl import Rtnl
+
+    class Log:
+        def __init__(self):
+            self.lines = []
+
+        def __getattr__(self, level):
+            return lambda event, **kw: self.lines.append([level, event, kw])
+
+    add, delete = ([Rule(*x) for x in json.loads(arg)] for arg in sys.argv[1:3])
+    log = Log()
+    rec = Reconciler(Rtnl(), Reporter(log, str))
+    done = rec.apply(RoutePlan(), RulePlan(add=add, delete=delete), {}, Desired(), Desired())
+    print(json.dumps({"lines": log.lines, "dirty": rec.dirty, "view": sorted(rec.view.rules),
+                      "done": {event: [r.describe() for r in rules] for (event, _, _), rules in done.items()}}))
 """)
 
 
@@ -75,7 +97,8 @@ def read(ns) -> dict:
     return out
 
 
-def write(ns, verb: str, rules: list[Rule]) -> list:
+def write(ns, verb: str, rules: list[Rule]) -> list[int]:
+    """The kernel's errno for each change (0: done), sent as one batch."""
     return json.loads(ns.run(sys.executable, "-c", WRITE, verb, json.dumps(rules)).stdout)
 
 
@@ -141,25 +164,61 @@ def test_add_and_delete_round_trip(rt):
     mine = [Rule(AF_INET, 6000, 300, "192.0.2.0", 24), Rule(AF_INET6, 6000, 300, "2001:db8:5::", 48, 0),
             Rule(AF_INET, 6001, 70001, "", 0, 0), Rule(AF_INET6, 6002, 254, "fd31::5", 128)]
     before = ip_rules(rt)
-    assert write(rt, "add", mine) == [True] * 4
+    assert write(rt, "add", mine) == [0] * 4
     assert ip_rules(rt) == sorted(before + mine)  # iproute2 reads back exactly what we meant
     assert read(rt)["rules"] == sorted(before + mine)
-    assert write(rt, "add", mine) == [False] * 4  # EEXIST: already there
-    assert write(rt, "delete", mine) == [True] * 4
+    assert write(rt, "add", mine) == [errno.EEXIST] * 4  # already there
+    assert write(rt, "delete", mine) == [0] * 4
     assert ip_rules(rt) == before
-    assert write(rt, "delete", mine) == [False] * 4  # ENOENT: already gone
+    assert write(rt, "delete", mine) == [errno.ENOENT] * 4  # already gone
 
 
 def test_delete_leaves_somebody_elses_rule_alone(rt):
     # the same priority, source and table as the proto-static rule: only the protocol differs
-    assert write(rt, "delete", [Rule(AF_INET, 5100, 100, "10.0.31.6", 32)]) == [False]
+    assert write(rt, "delete", [Rule(AF_INET, 5100, 100, "10.0.31.6", 32)]) == [errno.ENOENT]
     assert "from 10.0.31.6 lookup 100 proto static" in rt.ip("-4", "rule", "show")
 
 
-def test_other_kernel_errors_raise_oserror(rt):
+def test_other_kernel_errors_are_that_change_s_errno(rt):
     # a source prefix longer than the family's address: the kernel says EINVAL
-    assert write(rt, "add", [Rule(AF_INET, 6100, 100, "10.0.0.0", 33)]) == [
-        [errno.EINVAL, os.strerror(errno.EINVAL)]]
+    assert write(rt, "add", [Rule(AF_INET, 6100, 100, "10.0.0.0", 33)]) == [errno.EINVAL]
+
+
+def test_a_batch_with_refused_and_redundant_changes_answers_each(rt):
+    before = ip_rules(rt)
+    new = [Rule(AF_INET, 6000, 300, "192.0.2.0", 24), Rule(AF_INET6, 6000, 300, "2001:db8:5::", 48, 0),
+           Rule(AF_INET, 6001, 70001, "", 0, 0)]
+    bad = Rule(AF_INET, 6100, 100, "10.0.0.0", 33)  # a prefix longer than the address: EINVAL
+    there = Rule(AF_INET, 5100, 100, "10.0.31.5", 32)  # the fixture's, ours
+    assert write(rt, "add", [new[0], bad, new[1], there, new[2]]) == [0, errno.EINVAL, 0, errno.EEXIST, 0]
+    assert ip_rules(rt) == sorted(before + new), "the others are made"
+    theirs = Rule(AF_INET, 5100, 100, "10.0.31.6", 32)  # proto static: our delete does not match it
+    # the bad one is refused on delete too (the request is checked before the lookup)
+    assert write(rt, "delete", [new[0], bad, theirs, new[1], new[2]]) == [0, errno.EINVAL, errno.ENOENT, 0, 0]
+    assert ip_rules(rt) == before
+    assert "from 10.0.31.6 lookup 100 proto static" in rt.ip("-4", "rule", "show")
+
+
+def test_the_reconciler_says_the_refused_rule_of_a_batch_alone(rt):
+    """A pass's rule changes against the kernel: the refused add is the one line said
+    (its error as an OSError of the errno reads, as one request's did), the rest are
+    done, an add already there and a delete already gone included."""
+    keep = Rule(AF_INET, 5100, 100, "10.0.31.5", 32)  # the fixture's: in the kernel already
+    new = [Rule(AF_INET, 6000, 300, "192.0.2.0", 24), Rule(AF_INET6, 6000, 300, "2001:db8:5::", 48, 0)]
+    bad = Rule(AF_INET, 6100, 100, "10.0.0.0", 33)
+    drop = Rule(AF_INET6, 5000, 254, "", 0, 0)  # the fixture's
+    gone = Rule(AF_INET, 6200, 300, "198.51.100.0", 24)  # never there
+    before = ip_rules(rt)
+    out = json.loads(rt.run(sys.executable, "-c", RECONCILE, json.dumps([new[0], bad, keep, new[1]]),
+                            json.dumps([drop, gone])).stdout)
+    assert out["lines"] == [["warning", "rule_add_failed", {
+        "error": str(OSError(errno.EINVAL, os.strerror(errno.EINVAL))), "rule": bad.describe(),
+        "retry": "every pass; logged again if the error changes"}]]
+    assert out["done"] == {"rule_removed": [drop.describe(), gone.describe()],
+                           "rule_added": [new[0].describe(), keep.describe(), new[1].describe()]}
+    assert out["dirty"], "a refused change: the kernel is read again before the next plan"
+    assert sorted(Rule(*r) for r in out["view"]) == sorted([new[0], keep, new[1]])
+    assert ip_rules(rt) == sorted(set(before) - {drop} | set(new))
 
 
 # --- the daemon never imports pyroute2

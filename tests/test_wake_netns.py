@@ -22,8 +22,8 @@ from .test_routes_netns import Site
 
 pytestmark = pytest.mark.root
 
-SAFETY_POLL = 10  # poll_interval and wake_poll_interval: the poll cannot be what finds a handshake
-WAKE_AGENT = f"option wake_poll_interval '{SAFETY_POLL}'\noption log_level 'debug'\n"
+SAFETY_POLL = 10  # the default poll while the wake-up runs: the poll cannot be what finds a handshake
+WAKE_AGENT = "option log_level 'debug'\n"
 
 
 @pytest.fixture
@@ -32,7 +32,8 @@ def site(lab, backend):
 
 
 def wake_config(site, agent: str = WAKE_AGENT) -> str:
-    return site.config(agent=agent).replace("option poll_interval '0.5'", f"option poll_interval '{SAFETY_POLL}'")
+    # poll_interval not set: the wake-up's default safety-net poll
+    return site.config(agent=agent).replace("\toption poll_interval '0.5'\n", "")
 
 
 def start_watching(site, config: str) -> Agent:
@@ -67,6 +68,8 @@ def test_a_new_peer_is_routed_within_half_a_second_of_its_handshake_with_poll_10
     assert any("kind=response" in line and "direction=out" in line for line in seen), agent.log()
     assert wake_reads(agent), agent.log()
     assert len(agent.events("route_added")) == 1 and "reason=handshake" in agent.events("route_added")[0]
+    wait_for(lambda: "detection: handshake wake-up (wg0:51820), safety-net poll every 10 s"
+             in agent.run_cli("status").stdout, 5 * SLOWDOWN, what="`wgagent status` naming the wake-up")
 
 
 def test_the_phone_rekeying_at_its_known_address_asks_for_no_read(site):
@@ -75,12 +78,21 @@ def test_the_phone_rekeying_at_its_known_address_asks_for_no_read(site):
     site.handshake("p1")
     wait_for(lambda: owned_prefixes(site.r) == {"10.0.31.5"}, 3 * SLOWDOWN, what="the phone's route")
     time.sleep(0.5)
-    reads = len(wake_reads(agent))
-    # a handshake of the same peer from the same address and port: WireGuard's rekey
-    ns, pub, _, _ = site.phones["p1"]
-    send_handshake_shaped(ns, "192.0.2.1", 51820, source_port=listen_port(ns, "wgc"))
+    reads, seen = len(wake_reads(agent)), len(agent.events("handshake_seen"))
+    # a fresh handshake of the same peer from the same address and port, as WireGuard's
+    # rekey every two minutes is (the peer removed and added again on the phone forgets
+    # its session, and its next packet starts one)
+    rekey(site, site.phones["p1"][0])
+    site.handshake("p1")
     time.sleep(1.0)
-    assert len(wake_reads(agent)) == reads, agent.log()
+    assert (len(wake_reads(agent)), len(agent.events("handshake_seen"))) == (reads, seen), agent.log()
+
+
+def rekey(site, ns):
+    router_pub = site.keys["wg0"][1]
+    ns.run("wg", "set", "wgc", "peer", router_pub, "remove")
+    ns.wg_peer("wgc", router_pub, ["10.0.31.0/24", "fd31::/64"], endpoint="192.0.2.1:51820")
+    ns.ip("route", "replace", "10.0.31.0/24", "dev", "wgc")
 
 
 def listen_port(ns, ifname: str) -> int:
@@ -149,6 +161,8 @@ def test_without_cap_net_raw_one_warning_and_polling(site):
     warned = agent.events("wake_unavailable")
     assert len(warned) == 1 and "CAP_NET_RAW" in warned[0], agent.log()
     assert "wake=off" in agent.events("started")[-1]
+    wait_for(lambda: "detection: polling every 0.5 s (wake-up unavailable: AF_PACKET socket: Operation not permitted"
+             in agent.run_cli("status").stdout, 5 * SLOWDOWN, what="`wgagent status` saying why there is no wake-up")
     site.handshake("p1")
     wait_for(lambda: owned_prefixes(site.r) == {"10.0.31.5"}, 2 * SLOWDOWN, what="the route by polling")
     # a reload tries again, and says it again only if the reason changed
@@ -166,12 +180,8 @@ def test_roaming_within_the_router_is_logged_as_an_endpoint_change(site):
     old = listen_port(ns, "wgc")
     # the phone roams: a new source port (a new NAT mapping, a new network), and a fresh
     # handshake from it (the peer removed and added again forgets its session)
-    _, pub, allowed, _ = site.phones["p1"]
-    router_pub = site.keys["wg0"][1]
     ns.run("wg", "set", "wgc", "listen-port", str(old + 1))
-    ns.run("wg", "set", "wgc", "peer", router_pub, "remove")
-    ns.wg_peer("wgc", router_pub, ["10.0.31.0/24", "fd31::/64"], endpoint="192.0.2.1:51820")
-    ns.ip("route", "replace", "10.0.31.0/24", "dev", "wgc")
+    rekey(site, ns)
     t0 = time.monotonic()
     site.handshake("p1")
     wait_for(lambda: agent.events("peer_endpoint_changed"), 3 * SLOWDOWN, what="peer_endpoint_changed")

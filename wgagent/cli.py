@@ -89,9 +89,17 @@ def gather_status(cfg) -> dict:
     pid = rundir.running_pid()
     # only the running daemon knows whose rx stopped growing (its idle file), and which
     # peers it holds back because another router claimed them
-    return status.document(cfg, states, desired, view, problems, age=lambda v: v.handshake_age,
-                           idle=read_idle_state(), moved=read_moved_state(), firewall=firewall_status(cfg),
-                           daemon=status.daemon_entry(pid is not None, pid, now), mesh=mesh)
+    doc = status.document(cfg, states, desired, view, problems, age=lambda v: v.handshake_age,
+                          idle=read_idle_state(), moved=read_moved_state(), firewall=firewall_status(cfg),
+                          daemon=status.daemon_entry(pid is not None, pid, now), mesh=mesh)
+    if pid is not None:  # and how it finds handshakes: its published status says
+        try:
+            how = json.loads(rundir.read(rundir.path("status", ".json"))).get("detection")
+        except (OSError, ValueError, AttributeError):
+            how = None
+        if isinstance(how, dict):
+            doc["detection"] = how
+    return doc
 
 
 def _mesh_status(cfg, desired, view, links, sources) -> dict:
@@ -177,6 +185,14 @@ def _print_status(st: dict):
         print(f"owned route with no configured peer: {r}")
     d = st["daemon"]
     print(f"daemon: running (pid {d['pid']})" if d["running"] else "daemon: not running")
+    how = st.get("detection")
+    if how and d["running"]:
+        if how["wake"] == "on":
+            ports = ", ".join(f"{n}:{p}" for n, p in how["ports"].items()) or "no listen port yet"
+            print(f"detection: handshake wake-up ({ports}), safety-net poll every {how['poll_interval']:g} s")
+        else:
+            why = "off" if how["wake"] == "off" else f"unavailable: {how['error']}"
+            print(f"detection: polling every {how['poll_interval']:g} s (wake-up {why})")
 
 
 def cmd_status(args) -> int:

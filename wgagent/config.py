@@ -274,21 +274,31 @@ RULE_PRIORITY_MAX = 32765 - RULE_BAND  # the main table's rule sits at 32766
 # --- the typed model
 
 
+POLL_INTERVAL = 2.0  # seconds: the poll without the handshake wake-up
+WAKE_POLL_INTERVAL = 10.0  # seconds: the safety-net poll while it runs (bench/RESULTS.md)
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     enabled: bool = True
     log_level: str = "info"
-    poll_interval: float = 2.0
+    # seconds between reads of every peer; None (not set): WAKE_POLL_INTERVAL while the
+    # handshake wake-up runs (a safety net), POLL_INTERVAL without it. Set, it is the poll
+    poll_interval: float | None = None
     handshake_timeout: float = 180.0
     keep_routes_on_stop: bool = False
     rule_priority: int = 5000  # first priority of wgagent's ip rule band (see RULE_BAND)
     ubus_socket: str = ""  # "" = ubus's default socket
     hotplug_timeout: float = 10.0  # seconds each /etc/hotplug.d/wgagent script may run
     # the handshake wake-up (wake.py): a packet socket that sees WireGuard handshakes on
-    # the wire and reads that interface at once; while it runs, the poll is only a
-    # safety net and runs every wake_poll_interval seconds instead of poll_interval
+    # the wire and reads that interface at once
     wake: bool = True
-    wake_poll_interval: float = 10.0
+
+    def poll(self, waking: bool) -> float:
+        """The poll interval, with the wake-up running or not."""
+        if self.poll_interval is not None:
+            return self.poll_interval
+        return WAKE_POLL_INTERVAL if waking else POLL_INTERVAL
 
 
 @dataclass(frozen=True)
@@ -413,7 +423,6 @@ SCHEMA: dict[str, dict[str, Converter]] = {
         "ubus_socket": _plain(text),
         "hotplug_timeout": _plain(number(0, 3600, lo_open=True)),
         "wake": _plain(boolean),
-        "wake_poll_interval": _plain(number(0, 3600, lo_open=True)),
     },
     "interface": {
         "table": table,

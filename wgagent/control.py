@@ -87,6 +87,8 @@ class Control:
         took = time.thread_time()
         doc = daemon.status_document(now)
         doc["daemon"] = status.daemon_entry(True, os.getpid(), now)
+        if getattr(daemon, "detection", None) is not None:  # the Runner's: how handshakes are found
+            doc["detection"] = daemon.detection
         text = status.dumps(status.fit(doc))
         try:
             rundir.write(rundir.path("status", ".json"), text)

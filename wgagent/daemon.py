@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import gc
+import heapq
 import os
 import select
 import signal
@@ -64,7 +65,9 @@ class Daemon:
         self.interest: Interest | None = None  # what the event filter lets through (None: everything)
         self._interest_key = None
         self._up_endpoints: tuple = (None, frozenset())  # (the Desired it was made of, its endpoints)
-        self._deadline: tuple = (None, _NEVER)  # (the verdicts it was made of, the earliest deadline)
+        self._deadlines: list = []  # a heap of (valid until, (interface, key)): see next_deadline
+        self._deadlines_config = None
+        self.detection: dict | None = None  # how handshakes are found, for the status (Runner)
 
     # --- one pass
 
@@ -141,12 +144,25 @@ class Daemon:
         """The earliest moment (monotonic) a verdict of the last pass runs out (a
         handshake expires, a peer falls idle): the loop runs a pass then, whatever the
         poll interval."""
-        verdicts = self.plans.verdicts  # (interface, key) -> (peer, activity, verdict, valid until); new each pass
-        made_of, until = self._deadline
-        if made_of is not verdicts:
-            until = min((v[3] for v in verdicts.values()), default=_NEVER)
-            self._deadline = (verdicts, until)
-        return None if until == _NEVER else until
+        memo, heap = self.plans, self._deadlines
+        if memo.fresh:  # the verdicts the last pass made anew (those that stood are in already)
+            if memo.config is not self._deadlines_config:  # a new config: every verdict is new
+                heap.clear()
+                self._deadlines_config = memo.config
+            for entry in memo.fresh:
+                heapq.heappush(heap, entry)
+            memo.fresh = []
+        verdicts = memo.verdicts  # (interface, key) -> (peer, activity, verdict, valid until)
+        if len(heap) > 2 * len(verdicts) + 64:  # replaced verdicts' entries piling up (every peer changing)
+            heap[:] = [(v[3], k) for k, v in verdicts.items() if v[3] != _NEVER]
+            heapq.heapify(heap)
+        while heap:  # lazy deletion: an entry stands while its verdict does
+            until, key = heap[0]
+            v = verdicts.get(key)
+            if v is not None and v[3] == until:
+                return until
+            heapq.heappop(heap)
+        return None
 
     def status_document(self, now: float) -> dict:
         """The status as of the last pass (status.py), handshake ages as of now."""
@@ -334,8 +350,7 @@ class Runner:
 
     def poll_interval(self) -> float:
         """The poll: a safety net while the wake-up runs, the only detection without it."""
-        agent = self.daemon.config.agent
-        return agent.wake_poll_interval if self.watch is not None else agent.poll_interval
+        return self.daemon.config.agent.poll(self.watch is not None)
 
     def _pass(self) -> float:
         """One pass; returns the seconds until the next one."""
@@ -355,8 +370,7 @@ class Runner:
         d = self.daemon
         taken = d.reload()
         if taken:
-            self.watch_refused = ""  # a reload tries the socket again
-            self._want_watch()
+            self._want_watch()  # tried again; said again only for another reason
         self.control.dirty = True
         self.control.answer(waiting, {"taken": True, "path": d.config.path} if taken else
                             {"taken": False, "error": d.reload_error})
@@ -395,8 +409,9 @@ class Runner:
         if not agent.wake:
             if self.watch is not None:
                 self._close_watch()
-                d.log.info("wake_stopped", detail=f"wake off: polling every {agent.poll_interval:g} s")
+                d.log.info("wake_stopped", detail=f"wake off: polling every {agent.poll(False):g} s")
             self.watch_refused = ""
+            self._say_detection()
             return
         if self.watch is not None:
             return
@@ -406,12 +421,23 @@ class Runner:
         if watch is None:
             if reason != self.watch_refused:
                 d.log.warning("wake_unavailable", error=reason,
-                              detail=f"handshakes are found by polling every {agent.poll_interval:g} s")
+                              detail=f"handshakes are found by polling every {agent.poll(False):g} s")
             self.watch_refused = reason
+            self._say_detection()
             return
         self.watch, self.watch_refused = watch, ""
         self.schedule = wake.WakeSchedule()
         self.listen_ports, self.ports_map = {}, {}
+        self._say_detection()
+
+    def _say_detection(self) -> None:
+        """The status's "detection" entry: the wake-up and the poll as they are now."""
+        agent = self.daemon.config.agent
+        state = "on" if self.watch is not None else "off" if not agent.wake else "unavailable"
+        self.daemon.detection = {"wake": state, "error": self.watch_refused or None,
+                                 "ports": dict(sorted(self.listen_ports.items())),
+                                 "poll_interval": self.poll_interval(), "wake_reads": self.wake_reads}
+        self.control.dirty = True
 
     def _close_watch(self) -> None:
         if self.watch is not None:
@@ -436,21 +462,28 @@ class Runner:
             self._close_watch()
             self.watch_refused = str(e)
             d.log.warning("wake_unavailable", error=str(e),
-                          detail=f"handshakes are found by polling every {d.config.agent.poll_interval:g} s")
+                          detail=f"handshakes are found by polling every {d.config.agent.poll(False):g} s")
+            self._say_detection()
             return
         for name in self.listen_ports.keys() - ports.keys():
             self.schedule.discard(name)
         self.listen_ports, self.ports_map = ports, ports_map
+        self._say_detection()
         d.log.info("wake_watching", ports=",".join(f"{n}:{p}" for n, p in sorted(ports.items())) or "-",
-                   poll_interval=d.config.agent.wake_poll_interval)
+                   poll_interval=d.config.agent.poll(True))
 
     def _handshakes(self, now: float) -> None:
         """Handshakes the socket saw: schedule reads of their interfaces. A match is a
         reason to look, never proof: the proof is the peer's last_handshake as read."""
         try:
             hits = self.watch.drain()
-        except OSError as e:
-            self.daemon.reporter.read_failed("wake", e)
+        except OSError as e:  # a socket that fails once would fail at every wake-up: give it up
+            self._close_watch()
+            self.watch_refused = f"reading the packet socket: {e.strerror or e}"
+            self.daemon.log.warning("wake_unavailable", error=self.watch_refused,
+                                    detail=f"polling every {self.daemon.config.agent.poll(False):g} s "
+                                           "until the next reload")
+            self._say_detection()
             return
         if not hits:
             return

@@ -273,6 +273,9 @@ class PlanMemo:
         # monotonic time)
         self.verdicts: dict[tuple[str, str], tuple] = {}
         self.generation = 0  # counts the polls whose plans differ from the last one's (or the config)
+        # (valid until, (interface, key)) of the verdicts made anew by the last poll (not
+        # those that stood): the caller's heap of deadlines takes them (Daemon.next_deadline)
+        self.fresh: list[tuple[float, tuple[str, str]]] = []
 
 
 _FOREVER = float("inf")
@@ -325,6 +328,7 @@ def desired_state(config: Config, states: Iterable[InterfaceState], now: float,
     timeout = config.agent.handshake_timeout
     claims: dict[tuple[int, str, int], tuple[Route, PeerVerdict]] = {}
     verdicts = result.verdicts
+    made = memo.fresh = []
     moved = moved or {}
     changed = False  # a plan made anew this poll
     handing = bool(foreign) or bool(moved)  # a hub without a routing daemon skips all of it
@@ -359,7 +363,10 @@ def desired_state(config: Config, states: Iterable[InterfaceState], now: float,
                 up, reason = _judge(age, timeout, plan.idle_timeout, act, mono_now)
                 verdict = _new_verdict(PeerVerdict, (name, peer, up, reason, age,
                                                      plan.description, plan.routes, plan.rules))
-                kept[key] = (peer, act, verdict, _valid_until(reason, age, timeout, plan.idle_timeout, act, mono_now))
+                until = _valid_until(reason, age, timeout, plan.idle_timeout, act, mono_now)
+                kept[key] = (peer, act, verdict, until)
+                if until != _FOREVER:
+                    made.append((until, key))
             if handing and plan.routes:
                 record = moved.get(key)
                 if up:

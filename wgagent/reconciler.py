@@ -10,12 +10,17 @@ is the retry. Only routes and rules with our protocol tag are ever changed.
 from __future__ import annotations
 
 import errno
+import os
 
 from .observer import KernelView
 from .policy import Desired, RoutePlan, RulePlan, conflicting, date_foreign, plan_routes, plan_rules
 from .reporter import Reporter, owner
 
 GONE = (errno.ESRCH, errno.ENOENT, errno.ENODEV)  # a delete of what is already gone: done
+# The kernel's answers that make a rule change done: a rule already there (its key
+# includes our protocol, so it is ours) is added; one already gone is deleted.
+RULE_DONE = {"add": (0, errno.EEXIST), "delete": (0, errno.ENOENT, errno.ESRCH)}
+RULE_FAILED = {"add": "rule_add_failed", "delete": "rule_remove_failed"}
 
 
 class Reconciler:
@@ -88,13 +93,11 @@ class Reconciler:
         return done
 
     def _apply(self, plan: RoutePlan, rule_plan: RulePlan, links, note, failed: list) -> bool:
-        ok = True
-        for rule in rule_plan.delete:
-            if self._rule(self.rtnl.delete_rule, "rule_remove_failed", rule, failed):
-                self.view.rules.discard(rule)
-                note("rule_removed", rule)
-            else:
-                ok = False
+        removed = self._rules("delete", rule_plan.delete, failed)
+        for rule in removed:
+            self.view.rules.discard(rule)
+            note("rule_removed", rule)
+        ok = len(removed) == len(rule_plan.delete)
         changes = [("delete", r, links[r.ifname].index if r.ifname in links else None) for r in plan.delete]
         # a device that is down takes no routes (the kernel refuses them, and flushed its
         # own when it went down): they are added when its RTM_NEWLINK says it is up
@@ -118,25 +121,38 @@ class Reconciler:
                 self.reporter.change_done(key)
                 self.view.owned.discard(route)
                 note("route_removed", route, route.ifname)
-        for rule in rule_plan.add:
-            if self._rule(self.rtnl.add_rule, "rule_add_failed", rule, failed):
-                self.view.rules.add(rule)
-                note("rule_added", rule)
-            else:
-                ok = False
-        return ok
+        added = self._rules("add", rule_plan.add, failed)
+        for rule in added:
+            self.view.rules.add(rule)
+            note("rule_added", rule)
+        return ok and len(added) == len(rule_plan.add)
 
-    def _rule(self, fn, failure_event: str, rule, failed: list) -> bool:
-        """One rule change. A failed one is reported once per error and retried after
-        the next read of the kernel."""
-        key = (fn.__name__, rule)
+    def _rules(self, verb: str, rules: list, failed: list) -> list:
+        """Rule changes of one verb, in batches; returns the rules done. A refused one
+        is reported once per error and retried after the next read of the kernel."""
+        done = []
+        for rule, (code, error) in zip(rules, self._send_rules(verb, rules)):
+            key = (f"{verb}_rule", rule)
+            if not error:
+                self.reporter.change_done(key)
+                done.append(rule)
+            else:
+                failed.append((RULE_FAILED[verb], key, code, error, {"rule": rule.describe()}))
+        return done
+
+    def _send_rules(self, verb: str, rules: list) -> list[tuple[int, str]]:
+        """(errno, error) per rule change, in batches; the error is "" for a change done
+        (RULE_DONE). A socket that fails (no answer, a cut or malformed one) fails every
+        change of the call with its error: the kernel may have made some of them, and
+        the next read of it tells which."""
+        if not rules:
+            return []
         try:
-            fn(rule)
+            codes = self.rtnl.apply_rules([(verb, rule) for rule in rules])
         except OSError as e:
-            failed.append((failure_event, key, e.errno, str(e), {"rule": rule.describe()}))
-            return False
-        self.reporter.change_done(key)
-        return True
+            return [(e.errno, str(e))] * len(rules)
+        # a refusal reads as the OSError of the kernel's errno, as these lines always have
+        return [(code, "" if code in RULE_DONE[verb] else f"[Errno {code}] {os.strerror(code)}") for code in codes]
 
     def remove_owned(self, log) -> int:
         """Remove every route and rule with our tag (on stop): read fresh, not from
@@ -146,11 +162,12 @@ class Reconciler:
         owned = self.rtnl.routes({link.index: name for name, link in links.items()}).owned
         rules = self.rtnl.rules()
         n = 0
-        for rule in rules:  # one that cannot go must not keep the others (or the routes)
-            try:
-                n += self.rtnl.delete_rule(rule)
-            except OSError as e:
-                log.warning("rule_remove_failed", rule=rule.describe(), error=str(e))
+        # one that cannot go must not keep the others (or the routes)
+        for rule, (code, error) in zip(rules, self._send_rules("delete", rules)):
+            if error:
+                log.warning("rule_remove_failed", rule=rule.describe(), error=error)
+            elif code == 0:  # not one that was already gone
+                n += 1
         changes = [("delete", r, links[r.ifname].index if r.ifname in links else None) for r in owned]
         n += sum(code == 0 for code in self.rtnl.apply_routes(changes))
         if owned:

@@ -14,7 +14,6 @@ that does not parse), EINTR (a dump interrupted again and again).
 from __future__ import annotations
 
 import errno
-import os
 import socket
 
 import struct
@@ -70,21 +69,11 @@ class Rtnl:
         """The ip rules we own (protocol tag), both families."""
         return self.sock.dump(RTM_GETRULE, RULE_DUMPS, rtnl_rules.decode, "rule dump")
 
-    def add_rule(self, rule: Rule) -> bool:
-        return self._rule(RTM_NEWRULE, rule, (errno.EEXIST,))
-
-    def delete_rule(self, rule: Rule) -> bool:
-        return self._rule(RTM_DELRULE, rule, (errno.ENOENT, errno.ESRCH))
-
-    def _rule(self, cmd: int, rule: Rule, ignore: tuple[int, ...]) -> bool:
-        """One rule request. Errors in `ignore` ("already there", "already gone") give
-        False; any other becomes an OSError, which the daemon logs and retries."""
-        code = self.sock.transact(lambda r, seq: rtnl_rules.encode(cmd, r, seq), [rule], "rule change")[0]
-        if code in ignore:
-            return False
-        if code:
-            raise OSError(code, os.strerror(code))
-        return True
+    def apply_rules(self, changes: list[tuple[str, Rule]]) -> list[int]:
+        """("add"|"delete", rule) in batches, as routes; an errno per change, 0 = done.
+        EEXIST (already there) and ENOENT (already gone) are the caller's to judge."""
+        return rtnl_rules.apply(self.sock, [(RTM_NEWRULE if verb == "add" else RTM_DELRULE, rule)
+                                            for verb, rule in changes])
 
 
 class RtnlEvents:

@@ -2,7 +2,8 @@
 
 Numbers from linux/fib_rules.h and linux/rtnetlink.h. Only rules tagged with our
 protocol (FRA_PROTOCOL, Linux >= 4.17) are decoded: nobody else's rule is ever
-reported, so none can be touched.
+reported, so none can be touched. Changes go as routes' do (rtnl_routes): many
+requests per datagram, each acknowledged on its own, matched by sequence number.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import socket
 import struct
 
 from .model import AF_INET, AF_INET6, RTPROT_WGAGENT, Rule
-from .netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, U32, Malformed, attr, attrs, message
+from .netlink import (NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, U32, Malformed, NetlinkSocket, attr, attrs,
+                      message)
 
 RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
 FRA_SRC, FRA_PRIORITY, FRA_SUPPRESS_PREFIXLEN, FRA_TABLE, FRA_PROTOCOL = 2, 6, 14, 15, 21
@@ -38,6 +40,11 @@ def encode(cmd: int, rule: Rule, seq: int) -> bytes:
     if rule.suppress_prefixlen >= 0:
         body += attr(FRA_SUPPRESS_PREFIXLEN, U32.pack(rule.suppress_prefixlen))
     return message(cmd, flags, seq, body)
+
+
+def apply(sock: NetlinkSocket, changes: list[tuple[int, Rule]]) -> list[int]:
+    """Send (cmd, rule) requests in batches; returns an errno per request (0 = done)."""
+    return sock.transact(lambda change, seq: encode(*change, seq), changes, "rule change")
 
 
 def protocol(data: bytes, off: int, end: int) -> int:

@@ -39,7 +39,8 @@ KDIR = os.path.join(CACHE, "kernel")
 OUT = os.path.join(CACHE, "out")
 BOOT_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
 DEFAULT_TESTS = ["tests/test_wg_sources.py", "tests/test_kernel_genl.py", "tests/test_routes_netns.py",
-                 "tests/test_rules_netns.py", "tests/test_daemon_netns.py", "tests/test_faults_kernel.py"]
+                 "tests/test_rules_netns.py", "tests/test_daemon_netns.py", "tests/test_faults_kernel.py",
+                 "tests/test_wake_netns.py", "tests/test_mesh_netns.py"]
 SKIP = 77
 
 

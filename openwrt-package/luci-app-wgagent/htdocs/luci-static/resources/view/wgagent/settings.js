@@ -188,14 +188,10 @@ return view.extend({
 			  'Off, or where the socket cannot be opened: polling only.'));
 		o.default = '1';
 
-		o = secondsOption(s, 'wake_poll_interval', _('Safety-net poll interval'),
-			_('Seconds between reads of the peers while the handshake wake-up runs (> 0).'), 3600);
-		o.placeholder = '10';
-		o.validate = function(section_id, value) { return wgv.above(value, 0); };
-
 		o = secondsOption(s, 'poll_interval', _('Poll interval'),
-			_('Seconds between reads of the peers without the wake-up (> 0).'), 3600);
-		o.placeholder = '2';
+			_('Seconds between reads of the peers (> 0). Empty: 10 while the handshake wake-up runs ' +
+			  '(a safety net), 2 without it.'), 3600);
+		o.placeholder = _('10 or 2');
 		o.validate = function(section_id, value) { return wgv.above(value, 0); };
 
 		o = secondsOption(s, 'handshake_timeout', _('Handshake timeout'),
