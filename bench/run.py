@@ -53,6 +53,7 @@ WAKE_ON = "\toption wake '1'\n\toption poll_interval '10'\n\toption wake_poll_in
 WAKE = "--wake" in sys.argv  # the wake-up's sections alone (make bench-wake)
 WAKE_READY = importlib.util.find_spec("wgagent.wake") is not None
 WAKE_MISSING = "not measured: wgagent/wake.py is not in this tree"
+WAKE_SIZES = (1000,) if QUICK else (1000, 10000)  # peers, for the CPU per hour
 RESULTS: list[tuple[str, str, str]] = []  # (measure, value, baseline/ratio)
 METRICS: dict[str, float] = {}  # seconds or MB, for the targets table
 
@@ -601,7 +602,7 @@ def wake_cpu(lab):
     after a pass that SIGUSR1 asked for, so it holds a whole number of polls."""
     print("\n== the wake-up at scale: CPU per hour, idle keepalive peers (UAPI proxy, rekeys on the wire)",
           flush=True)
-    for n in (1000,) if QUICK else (1000, 10000):
+    for n in WAKE_SIZES:
         s = ScaleRouter(lab, n)
         g = lab.netns(f"g{n}")
         lab.link(s.ns, "eth0", g, "eth0", ["192.0.2.1/24"], ["192.0.2.2/24"])
@@ -715,13 +716,14 @@ def forwarding(lab):
     watching(agent, "wg0:51820")
     assert packet_sockets(r) == 1, r.run("cat", "/proc/net/packet").stdout
     pid, state = agent.proc.pid, True
-    seconds = 2 if QUICK else 4
-    pairs = 2 if QUICK else 5
+    seconds = 2 if QUICK else 3
+    pairs = 2 if QUICK else 6
     tests = (("TCP", ["-t", str(seconds)], pairs), ("UDP, 64-byte datagrams",
              ["-u", "-b", "0", "-l", "64", "-t", str(seconds)], max(2, pairs - 2)))
+    hz = os.sysconf("SC_CLK_TCK")
     for what, args, count in tests:
-        got: dict[bool, list[dict]] = {True: [], False: []}
-        order = [state, not state, not state, state] * ((count + 1) // 2)  # ABBA: drift falls on both
+        runs: list[tuple[bool, dict]] = []
+        order = [state, not state, not state, state] * ((count + 1) // 2)  # ABBA: a drift falls on both
         for wake in order[:2 * count]:
             if wake != state:
                 reload_agent(agent, config(wake))
@@ -738,22 +740,24 @@ def forwarding(lab):
             else:
                 rate = end["sum_received"]["bits_per_second"]
                 units = end["sum_received"]["bytes"] / 1e9  # GB through
-            hz = os.sysconf("SC_CLK_TCK")
-            got[wake].append({"rate": rate, "daemon_ms": (d1 - d0) * 1000,
-                              "busy": (m1[0] - m0[0]) / hz / units, "softirq": (m1[1] - m0[1]) / hz / units})
-        on, off = got[True], got[False]
+            runs.append((wake, {"rate": rate, "daemon_ms": (d1 - d0) * 1000,
+                                "busy": (m1[0] - m0[0]) / hz / units, "softirq": (m1[1] - m0[1]) / hz / units}))
+        on, off = [x for w, x in runs if w], [x for w, x in runs if not w]
+        # each run against the other run of its pair (runs 2k and 2k+1, back to back)
+        lost = [1 - (a if wa else b)["rate"] / (b if wa else a)["rate"]
+                for (wa, a), (_, b) in zip(runs[0::2], runs[1::2])]
         med = {k: (statistics.median(x[k] for x in on), statistics.median(x[k] for x in off)) for k in on[0]}
-        loss = 1 - med["rate"][0] / med["rate"][1]
+        loss = statistics.median(lost)
         unit, per = ("Gbit/s", 1e9) if what == "TCP" else ("k datagrams/s received", 1e3)
         per_what = "GB" if what == "TCP" else "M datagrams"
-        key = "fwd_loss_tcp" if what == "TCP" else "fwd_loss_udp"
-        METRICS[key] = loss
+        METRICS["fwd_loss_tcp" if what == "TCP" else "fwd_loss_udp"] = loss
         record(f"forwarding through the router, iperf3 {what}, wgagent's packet socket open (wake-up on)",
                f"median {med['rate'][0] / per:.2f} {unit} (n={len(on)}, {min(x['rate'] for x in on) / per:.2f}-"
                f"{max(x['rate'] for x in on) / per:.2f})",
                f"wake '0': median {med['rate'][1] / per:.2f} {unit} (n={len(off)}, "
                f"{min(x['rate'] for x in off) / per:.2f}-{max(x['rate'] for x in off) / per:.2f}); "
-               f"throughput lost {loss * 100:+.1f} %" + (" (target < 2 %)" if what == "TCP" else ""))
+               f"throughput lost, median of {len(lost)} back-to-back pairs: {loss * 100:+.1f} % "
+               f"({min(lost) * 100:+.1f} to {max(lost) * 100:+.1f})" + (" (target < 2 %)" if what == "TCP" else ""))
         record(f"... CPU during those runs ({what})",
                f"daemon {med['daemon_ms'][0]:.1f} ms a run with the socket, {med['daemon_ms'][1]:.1f} ms without",
                f"whole machine (client, router, server: one kernel) per {per_what}: {med['busy'][0]:.2f} s with, "
@@ -1136,16 +1140,17 @@ WAKE_DEFINITIONS = """
   daemon's and is not counted.
 - forwarding: namespaces client -> router -> server over two veth pairs (default offloads:
   TCP crosses as GSO super-packets), the router running wireguard-go (wg0, listen port
-  51820, one peer) and wgagent. iperf3 runs of 4 s, alternating ABBA between the daemon
+  51820, one peer) and wgagent. iperf3 runs of 3 s, alternating ABBA between the daemon
   with its packet socket open (wake '1', the filter on port 51820; one line in the router's
   /proc/net/packet) and the same daemon reloaded with wake '0' (none): TCP, and UDP with
   64-byte datagrams sent as fast as iperf3 can (-b 0; per-packet costs). Throughput is
-  iperf3's received figure; "lost" is 1 - median with / median without. CPU: the daemon's
-  own schedstat run time over the run (what it spent reading the socket), and the whole
-  machine's busy and softirq time from /proc/stat per GB (per million datagrams) through:
-  the filter runs in softirq, on whichever CPU forwards the packet, and client, router and
-  server share one kernel, so the router's softirq cannot be told apart from theirs; the
-  difference between the two modes is what the socket added.
+  iperf3's received figure; "lost" is the median over back-to-back pairs (one run of
+  each mode) of 1 - with / without, so that a load changing on the machine falls on both.
+  CPU: the daemon's own schedstat run time over the run (what it spent reading the
+  socket), and the whole machine's busy and softirq time from /proc/stat per GB (per
+  million datagrams) through: the filter runs in softirq, on whichever CPU forwards the
+  packet, and client, router and server share one kernel, so the router's softirq cannot
+  be told apart from theirs; the difference between the two modes is what the socket added.
 """
 
 
@@ -1307,12 +1312,17 @@ def wake_only(started: float) -> int:
     with Lab("b") as lab:
         detection(lab)
     wake_sections()
-    table = "| measure | wgagent | baseline, ratio, target |\n|---|---|---|\n" + "".join(
+    return section_results("RESULTS-wake.md", "the handshake wake-up", "baseline, ratio, target", started,
+                           f"## Targets (issue 16)\n\n{targets()}\n## Definitions\n\n{WAKE_DEFINITIONS.lstrip()}")
+
+
+def section_results(name: str, title: str, third: str, started: float, tail: str) -> int:
+    """A section run alone: its rows and `tail` into bench/NAME."""
+    table = f"| measure | wgagent | {third} |\n|---|---|---|\n" + "".join(
         f"| {m} | {v} | {a} |\n" for m, v, a in RESULTS)
-    text = (f"# wgagent benchmark results: the handshake wake-up\n\n{machine()}- run time: "
-            f"{(time.monotonic() - started) / 60:.1f} min{' (quick mode)' if QUICK else ''}\n\n{table}\n"
-            f"## Targets (issue 16)\n\n{targets()}\n## Definitions\n\n{WAKE_DEFINITIONS.lstrip()}")
-    with open(os.path.join(HERE, "RESULTS-wake.md"), "w") as f:
+    text = (f"# wgagent benchmark results: {title}\n\n{machine()}- run time: "
+            f"{(time.monotonic() - started) / 60:.1f} min{' (quick mode)' if QUICK else ''}\n\n{table}\n{tail}")
+    with open(os.path.join(HERE, name), "w") as f:
         f.write(text)
     print("\n" + text)
     return 0
@@ -1324,15 +1334,8 @@ def mesh_only(started: float) -> int:
         print("bench --mesh needs BIRD 2 (apt-get install bird2)", file=sys.stderr)
         return 2
     many_sites()
-    table = "| measure | wgagent | how, baseline |\n|---|---|---|\n" + "".join(
-        f"| {m} | {v} | {a} |\n" for m, v, a in RESULTS)
-    text = (f"# wgagent benchmark results: many sites\n\n{machine()}- run time: "
-            f"{(time.monotonic() - started) / 60:.1f} min{' (quick mode)' if QUICK else ''}\n\n{table}\n"
-            f"## Definitions\n\n{MESH_DEFINITIONS}")
-    with open(os.path.join(HERE, "RESULTS-mesh.md"), "w") as f:
-        f.write(text)
-    print("\n" + text)
-    return 0
+    return section_results("RESULTS-mesh.md", "many sites", "how, baseline", started,
+                           f"## Definitions\n\n{MESH_DEFINITIONS}")
 
 
 MESH_DEFINITIONS = """\
