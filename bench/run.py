@@ -1172,6 +1172,25 @@ Where a target is missed, why, and what would close it:
   take keeping per-peer state incrementally (touch only the peers whose block
   changed, plus a heap of deadlines), so that an unchanged peer costs one dict lookup
   in the parser and nothing after it.
+- CPU per hour, the wake-up + 10 s poll against polling every 2 s (5x less): five times
+  fewer reads do not cost five times less. A read 10 s after the last meets more changed
+  peer blocks than one 2 s after it (a keepalive moves a peer's rx every 25 s: ~40% of
+  them in 10 s against ~8% in 2 s), so the memo hits less and a read costs more (10,000
+  peers: ~230 ms against ~170 ms); and what does not follow the poll stays: the status
+  published every 30 s (~230 ms at 10,000 peers, ~40 ms at 1,000), the 30 s resync's
+  route dump. The rekeys' own share (the packet socket's hits from up peers' endpoints)
+  is small beside them. Closing it would take the incremental cycle (an unchanged peer
+  costs nothing after the parser) and publishing the status on change only.
+- forwarding with the packet socket open: the daemon itself spends nothing (the filter
+  drops every forwarded packet in the kernel), but an ETH_P_ALL packet socket puts every
+  packet of the namespace through the tap (packet_rcv and the filter on receive; on
+  transmit a clone of each packet first, dev_queue_xmit_nit), forwarded ones included.
+  On 2 shared cores iperf3's runs spread by +-15 % from one to the next: in the runs so
+  far the pairs' median was 7-12 % lower with the socket (single pairs from -7 % to
+  +27 %), with the machine's CPU per GB within noise. Closing it: a
+  socket that leaves outgoing packets alone (PACKET_IGNORE_OUTGOING, bound to ETH_P_IP
+  and ETH_P_IPV6, seeing the peers' messages only), or a firewall rule on the listen
+  ports (NFLOG), which forwarded traffic never meets.
 """
 
 
