@@ -11,7 +11,7 @@ PYTEST    ?= $(PY) -m pytest
 MKVENV     = python3 -m venv $(1) 2>/dev/null || { rm -rf $(1); echo ">> installing python3-venv"; \
              $(APT) update -qq && $(APT) install -y -qq python3-venv >/dev/null && python3 -m venv $(1); }
 
-.PHONY: deps apt venv test test-kernel unit faults fuzz soak demo demo-mesh bench bench-mesh bench-kernel ipk luci-screenshot feed-src install clean
+.PHONY: deps apt venv test test-kernel unit faults fuzz soak demo demo-mesh bench bench-deps bench-wake bench-mesh bench-kernel ipk luci-screenshot feed-src install clean
 
 # apt first: the venv needs python3-venv on a fresh Debian 12
 deps: apt venv
@@ -80,9 +80,19 @@ demo: deps
 demo-mesh: deps
 	$(PY) demo/mesh_roaming.py
 
+# what only the benchmarks need, beside deps: iperf3 (the packet socket's cost to forwarding)
+bench-deps: deps
+	@command -v iperf3 >/dev/null || { echo ">> installing iperf3"; \
+		$(APT) update -qq && $(APT) install -y -qq iperf3 >/dev/null; }
+
 # convergence, scale and footprint against hand-written baselines; writes bench/RESULTS.md
-bench: deps
+bench: bench-deps
 	$(PY) bench/run.py
+
+# the handshake wake-up's sections alone (detection, CPU per hour at scale, forwarding);
+# writes bench/RESULTS-wake.md (make bench runs them too, into bench/RESULTS.md)
+bench-wake: bench-deps
+	$(PY) bench/run.py --wake
 
 # the many-sites section alone (hand-off between three routers with BIRD, BIRD's churn);
 # writes bench/RESULTS-mesh.md (make bench runs it too, into bench/RESULTS.md)

@@ -30,7 +30,7 @@ def main() -> int:
         s.set_up(range(n))
         config = os.path.join(lab.tmp, "prof.conf")
         with open(config, "w") as f:
-            f.write("config agent 'main'\n\toption poll_interval '1'\n\toption keep_routes_on_stop '1'\n"
+            f.write("config agent 'main'\n\toption wake '0'\n\toption poll_interval '1'\n\toption keep_routes_on_stop '1'\n"
                     "config interface 'wg0'\n")
         out = os.path.join(lab.tmp, "prof.out")
         log = open(os.path.join(lab.tmp, "prof.log"), "w")

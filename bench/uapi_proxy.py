@@ -26,7 +26,8 @@ A line "HEXKEY ENDPOINT" (any mode) also makes that peer up and sets the endpoin
 it is reported at (a roaming peer). A line "pause=SECONDS" sends each answer in two
 halves that far apart: a read then lasts long enough for the interface to go away
 in the middle of it (each answer that outlived its wireguard-go so is counted, a
-line in CONTROL_FILE.outlived).
+line in CONTROL_FILE.outlived). Every get=1 answered is counted in CONTROL_FILE.gets (the
+number, rewritten at each read): the reads a daemon made, whatever asked for them.
 
 Usage: uapi_proxy.py LISTEN_SOCKET UPSTREAM_SOCKET CONTROL_FILE
 """
@@ -168,7 +169,20 @@ def alive(upstream: str) -> bool:
     return True
 
 
-def serve(conn, upstream: str, control: Control, real: Real):
+class Gets:
+    """How many get=1 requests were answered, in CONTROL_FILE.gets."""
+
+    def __init__(self, path: str):
+        self.path, self.count, self.lock = path, 0, threading.Lock()
+
+    def one(self) -> None:
+        with self.lock:
+            self.count += 1
+            with open(self.path, "w") as f:
+                f.write(f"{self.count}\n")
+
+
+def serve(conn, upstream: str, control: Control, real: Real, gets: Gets):
     with conn:
         buf = b""
         while True:
@@ -187,6 +201,7 @@ def serve(conn, upstream: str, control: Control, real: Real):
                 if request.startswith(b"get=1"):
                     up, mode = control.current()
                     answer = rewrite(answer, up, mode, control, real)
+                    gets.one()
                 pause = control.settings.get("pause", 0.0)
                 if pause:
                     conn.sendall(answer[:len(answer) // 2])
@@ -201,6 +216,7 @@ def serve(conn, upstream: str, control: Control, real: Real):
 def main(listen: str, upstream: str, control_path: str):
     control = Control(control_path)
     real = Real()
+    gets = Gets(control_path + ".gets")
     if os.path.exists(listen):
         os.unlink(listen)
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -208,7 +224,7 @@ def main(listen: str, upstream: str, control_path: str):
     srv.listen(8)
     while True:
         conn, _ = srv.accept()
-        threading.Thread(target=serve, args=(conn, upstream, control, real), daemon=True).start()
+        threading.Thread(target=serve, args=(conn, upstream, control, real, gets), daemon=True).start()
 
 
 if __name__ == "__main__":
