@@ -204,3 +204,17 @@ def test_a_flood_of_forged_initiations_is_one_read_a_second(loop):
     loop.watch.hits = [hit(wake.RESPONSE, outgoing=True, remote=("198.51.100.7", 50000))]
     loop._handshakes(300.0)
     assert loop.schedule.next_deadline() == pytest.approx(300.0 + wake.DELAYS[0])
+
+
+def test_a_response_to_our_own_initiation_is_never_held_back(loop):
+    loop._reconcile()
+    loop.watch.hits = [hit(wake.INITIATION, outgoing=False, remote=("198.51.100.1", 1))]  # unasked
+    loop._handshakes(100.0)
+    loop.schedule.due(101.0)
+    loop.watch.hits = [hit(wake.RESPONSE, outgoing=False, remote=("198.51.100.2", 2))]  # unasked: held back
+    loop._handshakes(100.5)
+    assert loop.schedule.next_deadline() is None
+    loop.watch.hits = [hit(wake.INITIATION, outgoing=True, remote=("198.51.100.3", 3)),
+                       hit(wake.RESPONSE, outgoing=False, remote=("198.51.100.3", 3))]  # the answer to ours
+    loop._handshakes(100.6)
+    assert loop.schedule.next_deadline() == pytest.approx(100.6 + wake.DELAYS[0])

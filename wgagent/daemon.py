@@ -34,7 +34,8 @@ SETTLE_SECONDS = 0.02  # after an event, let a burst (netifd flushing a device) 
 FULL_READ_SPACING = 0.1  # at least this long between two full reads of the kernel that events ask for
 DEADLINE_SLACK = 0.001  # a verdict's deadline is passed a little after it, not at it
 DEADLINE_SPACING = 0.05  # at least this long between two passes that deadlines ask for
-UNANSWERED_SPACING = 1.0  # seconds between two reads of an interface for initiations coming in alone
+UNSOLICITED_SPACING = 1.0  # seconds between two series of reads for handshakes coming in unasked
+INITIATION_WAIT = 5.0  # seconds a response may take to answer our initiation (REKEY_TIMEOUT)
 
 
 class Pass(enum.IntEnum):
@@ -329,7 +330,8 @@ class Runner:
         self.listen_ports: dict[str, int] = {}
         self.ports_map: dict = {}
         self.wake_reads = 0  # passes a handshake asked for
-        self.unanswered_at: dict[str, float] = {}  # interface -> when an initiation in last asked for a read
+        self.unsolicited_at: dict[str, float] = {}  # interface -> when a handshake in last asked for reads
+        self.initiated: dict[str, float] = {}  # remote endpoint -> when we last sent it an initiation
         self.pass_at = -_NEVER  # when the last full pass started (monotonic)
 
     def _on_signal(self, signum, frame):
@@ -494,22 +496,27 @@ class Runner:
         d = self.daemon
         known = d.up_endpoints()
         debug = log_mod.enabled("debug")
+        sent = self.initiated
         for hit in hits:
+            remote = hit.remote_endpoint
+            if hit.outgoing and hit.kind == wake.INITIATION:  # ours: a response from there is expected
+                if len(sent) >= 4096:
+                    self.initiated = sent = {k: t for k, t in sent.items() if now - t < INITIATION_WAIT}
+                sent[remote] = now
             delays = wake.reads_for(hit)
             if not delays:
                 continue
-            remote = hit.remote_endpoint
-            unanswered = hit.kind == wake.INITIATION and not hit.outgoing
+            # what comes in can be forged by anyone: unless it answers an initiation of
+            # ours, at most one series of reads an interface per UNSOLICITED_SPACING. Our
+            # own response is proof enough: WireGuard answers only a configured peer
+            unsolicited = not hit.outgoing and now - sent.get(remote, -_NEVER) >= INITIATION_WAIT
             for name in wake.interfaces_for(hit, self.ports_map):
                 if (name, remote) in known:
                     continue  # the rekey of a peer up at that address: no news
-                if unanswered:
-                    # the read for an initiation whose answer the socket might miss: anyone
-                    # can send those, so at most one an interface per UNANSWERED_SPACING (a
-                    # real one is answered, and the answer asks for reads of its own)
-                    if now - self.unanswered_at.get(name, -_NEVER) < UNANSWERED_SPACING:
+                if unsolicited:
+                    if now - self.unsolicited_at.get(name, -_NEVER) < UNSOLICITED_SPACING:
                         continue
-                    self.unanswered_at[name] = now
+                    self.unsolicited_at[name] = now
                 self.schedule.hit(name, now, delays)
                 if debug:
                     d.log.debug("handshake_seen", iface=name, kind=wake.KINDS.get(hit.kind, hit.kind),
