@@ -50,7 +50,8 @@ class Counting:
     def read(self, name, link):
         self.reads[name] = self.reads.get(name, 0) + 1
         s = self.sources.read(name, link)
-        return InterfaceState(s.name, s.backend, s.peers, s.error, self.ports.get(name, 0))
+        port = self.ports.get(name, 0) if s.peers is not None else 0  # as PeerSources: no read, no port
+        return InterfaceState(s.name, s.backend, s.peers, s.error, port)
 
 
 def hit(kind=wake.RESPONSE, outgoing=True, remote=("192.0.2.50", 40000), port=51820):
@@ -218,3 +219,11 @@ def test_a_response_to_our_own_initiation_is_never_held_back(loop):
                        hit(wake.RESPONSE, outgoing=False, remote=("198.51.100.3", 3))]  # the answer to ours
     loop._handshakes(100.6)
     assert loop.schedule.next_deadline() == pytest.approx(100.6 + wake.DELAYS[0])
+
+
+def test_an_interface_unreadable_for_a_pass_keeps_its_port_in_the_filter(loop, world):
+    loop._reconcile()
+    world.sources.peers["wg1"] = None  # cannot be read: no listen port either
+    loop._reconcile()
+    assert loop.watch.ports == {51820, 51821}
+    assert len(loop.daemon.log.events("wake_watching")) == 1

@@ -440,7 +440,7 @@ class Runner:
         state = "on" if self.watch is not None else "off" if not agent.wake else "unavailable"
         self.daemon.detection = {"wake": state, "error": self.watch_refused or None,
                                  "ports": dict(sorted(self.listen_ports.items())),
-                                 "poll_interval": self.poll_interval(), "wake_reads": self.wake_reads}
+                                 "poll_interval": self.poll_interval()}
         self.control.dirty = True
 
     def _close_watch(self) -> None:
@@ -453,7 +453,10 @@ class Runner:
         """After a pass: the filter follows the interfaces' listen ports as read."""
         if self.watch is None:
             return
-        ports = {s.name: s.listen_port for s in self.daemon.last_states if s.listen_port}
+        # an interface unreadable this pass keeps the port it had (as its routes stay)
+        ports = {s.name: s.listen_port if s.peers is not None else self.listen_ports.get(s.name, 0)
+                 for s in self.daemon.last_states}
+        ports = {name: port for name, port in ports.items() if port}
         if ports == self.listen_ports:
             return
         from . import wake
