@@ -246,7 +246,8 @@ def parse(answer: bytes, memo: dict | None = None) -> tuple[Peer, ...]:
 
 def listen_port(answer: bytes) -> int:
     """The interface's listen_port= line (before the first peer's); 0 when absent."""
-    head = answer[:answer.find(b"public_key=")] if b"public_key=" in answer[:4096] else answer[:4096]
+    end = answer.find(b"public_key=", 0, 4096)
+    head = answer[:end if end >= 0 else 4096]
     at = head.find(b"listen_port=")
     if at < 0 or (at and head[at - 1:at] != b"\n"):
         return 0
