@@ -7,7 +7,7 @@ import pytest
 
 from wgagent import config
 from wgagent.model import Foreign, InterfaceState, Peer, Route
-from wgagent.policy import (BACK, KEEP, MOVED, UP, Moved, claims_for, conflicting, date_foreign, desired_state,
+from wgagent.policy import (BACK, KEEP, MOVED, SETTLE_SECONDS, UP, Moved, claims_for, conflicting, date_foreign, desired_state,
                             hand_off, outranked, plan_routes, track_activity, uncovered)
 
 K1 = "A" * 43 + "="
@@ -50,6 +50,35 @@ HAND_OFF = [
 @pytest.mark.parametrize("name,hs,hs_mono,claims,record,decision,kept", HAND_OFF, ids=[c[0] for c in HAND_OFF])
 def test_hand_off(name, hs, hs_mono, claims, record, decision, kept):
     assert hand_off(hs, hs_mono, claims, record) == (decision, kept)
+
+
+HELD = Moved(NOW, R4, VIA2, at=200.0)
+BY_RX = [
+    # name, claims, record, rx now, read at (monotonic), expected decision, record kept
+    ("held back at this read: dated by it", [(R4, VIA2)], None, 500, 200.0, MOVED, HELD),
+    ("rx grew within the settle time (in flight from before the move): held back, no baseline yet",
+     [], HELD, 600, 200.0 + SETTLE_SECONDS / 2, MOVED, HELD),
+    ("the first read after the settle time: the baseline", [(R4, VIA2)], HELD, 600, 200.0 + SETTLE_SECONDS,
+     MOVED, HELD._replace(rx=600)),
+    ("no packet since the baseline: held back", [(R4, VIA2)], HELD._replace(rx=600), 600, 210.0, MOVED,
+     HELD._replace(rx=600)),
+    ("packets since the baseline: it sends here, the claim was older news: back", [(R4, VIA2)],
+     HELD._replace(rx=600), 632, 210.0, BACK, HELD._replace(at=210.0, back=True)),
+    ("back by its packets: a claim from before that read stays older news", [(R4, VIA2)],
+     HELD._replace(at=210.0, back=True), 700, 220.0, KEEP, HELD._replace(at=210.0, back=True)),
+    ("back by its packets: a claim newer than that read is a move", [(R4, VIA2._replace(since=215.0))],
+     HELD._replace(at=210.0, back=True), 700, 220.0, MOVED, Moved(NOW, R4, VIA2._replace(since=215.0), at=220.0)),
+    ("a counter that went down (reset) is a new baseline, not a sign of life", [], HELD._replace(rx=600), 10,
+     210.0, MOVED, HELD._replace(rx=10)),
+    ("a newer handshake brings it back whatever its rx", [(R4, VIA2)], HELD._replace(rx=600), 600, 300.0, BACK,
+     None),
+]
+
+
+@pytest.mark.parametrize("name,claims,record,rx,mono,decision,kept", BY_RX, ids=[c[0] for c in BY_RX])
+def test_hand_off_by_rx(name, claims, record, rx, mono, decision, kept):
+    hs = NOW + 50 if name.startswith("a newer handshake") else NOW
+    assert hand_off(hs, 100.0 if hs == NOW else 290.0, claims, record, rx, mono) == (decision, kept)
 
 
 def iface(**kw):
@@ -159,13 +188,31 @@ def test_the_old_router_lets_go_when_the_new_one_claims_and_only_a_new_handshake
     assert old.poll(11, NOW + 5, 200, foreign={}) == (UP, BOTH)
     # the phone connects at op2: op2's route arrives through BIRD
     assert old.poll(12, NOW + 5, 200, foreign=claim(VIA2)) == (MOVED, [])
-    assert old.poll(13, NOW + 5, 300) == (MOVED, []), "a packet in flight (rx grew) does not bring it back"
+    assert old.poll(12.2, NOW + 5, 300) == (MOVED, []), "a packet in flight (rx grew) does not bring it back"
+    assert old.poll(13, NOW + 5, 300) == (MOVED, []), "the baseline"
     assert old.poll(14, NOW + 5, 300, foreign={}) == (MOVED, []), "nor the claim going"
     assert old.poll(40, NOW + 5, 300)[0] == "idle", "idle after idle_timeout, still remembered"
-    assert old.poll(41, NOW + 5, 400) == (MOVED, []), "rx after idle: still held back"
+    assert old.poll(41, NOW + 5, 300) == ("idle", []), "still idle: nothing arrived"
     # the phone comes back: a new handshake here
     assert old.poll(50, NOW + 49, 500, foreign=claim(VIA2)) == (UP, BOTH)
     assert old.moved == {}
+
+
+def test_a_late_claim_of_an_older_connection_lets_go_until_the_peers_packets_say_it_is_here():
+    """The phone was at op2, then connected here; Babel's update of its op2 route
+    reaches this router just after the handshake here (a next hop that changes from
+    op1 to op2): it looks like a move. Its keepalives keep coming here, so it comes
+    back without a new handshake; a client that really went would send nothing here."""
+    r = Router(idle_timeout=20)
+    assert r.poll(10, 0.0, 0, foreign=claim(VIA3)) == ("no-handshake", [])
+    assert r.poll(20, NOW + 19.9, 100) == (UP, BOTH)
+    assert r.poll(20.3, NOW + 19.9, 200, foreign=claim(VIA2)) == (MOVED, [])
+    assert r.poll(21, NOW + 19.9, 232) == (MOVED, []), "the baseline, after the settle time"
+    assert r.poll(22, NOW + 19.9, 264) == (UP, BOTH), "a keepalive since: back"
+    assert r.poll(23, NOW + 19.9, 296, foreign=claim(VIA2)) == (UP, BOTH), "the same claim: older news still"
+    assert r.poll(24, NOW + 19.9, 296, foreign=claim(VIA3)) == (MOVED, []), "a claim newer than that: it moved"
+    assert r.poll(30, NOW + 29, 400, foreign=claim(VIA3)) == (UP, BOTH), "a new handshake here"
+    assert r.moved == {}
 
 
 def test_the_new_router_keeps_the_peer_beside_the_old_routers_stale_claim():

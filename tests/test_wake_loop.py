@@ -181,14 +181,17 @@ def test_a_packet_socket_that_fails_is_given_up_for_polling(loop):
     assert loop.daemon.detection["wake"] == "unavailable"
 
 
-def test_the_deadline_heap_stays_bounded_when_every_verdict_changes(world):
-    d = world.daemon(handshake_timeout=180)
+@pytest.mark.parametrize("idle", [0, 30])  # with idle_timeout, every rx that grows moves the deadline
+def test_the_deadline_heap_stays_bounded_when_every_verdict_changes(world, idle):
+    d = world.daemon(make(f"\toption idle_timeout '{idle}'\n", handshake_timeout=180) if idle else None,
+                     handshake_timeout=180)
     for i in range(50):
         world.sources.peers["wg0"] = tuple(peer(f"{k:043d}=", f"10.0.31.{k}/32", WALL0 - 5, rx=i) for k in range(20))
         d.reconcile()
-        assert d.next_deadline() is not None
+        # idle: 30 s after this rx; else the handshake (5 s old when first seen) expires
+        assert d.next_deadline() == pytest.approx(world.clocks.mono + 30 if idle else 1000.0 + 175)
         world.clocks.step(1)
-    assert len(d._deadlines) <= 2 * 20 + 64
+    assert len(d.tracker.heap) <= 2 * 20 + 64
 
 
 def test_a_flood_of_forged_initiations_is_one_read_a_second(loop):

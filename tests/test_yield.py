@@ -226,8 +226,8 @@ def test_a_peer_claimed_elsewhere_is_withdrawn_said_once_and_comes_back_with_a_n
     assert world.log.events("route_removed")[0]["reason"] == "moved"
     assert reporter_mod.read_moved_state() == {("wg0", K1): {"prefix": "10.0.31.5/32", "proto": "bird",
                                                              "gateway": "10.0.32.21", "device": "wg_s2s_op2"}}
-    for i in range(3):  # rx grows (a packet in flight), the claim goes: held back all the same
-        world.sources.peers["wg0"] = (p._replace(rx_bytes=200 + i),)
+    for i in range(3):  # rx grows once (a packet in flight), the claim goes: held back all the same
+        world.sources.peers["wg0"] = (p._replace(rx_bytes=200),)
         world.kernel.foreign = {} if i else world.kernel.foreign
         world.clocks.step(1)
         d.reconciler.dirty = True
@@ -241,6 +241,40 @@ def test_a_peer_claimed_elsewhere_is_withdrawn_said_once_and_comes_back_with_a_n
     assert world.log.events("peer_up")[-1]["reason"] == "handshake"
     assert reporter_mod.read_moved_state() == {}
     assert not world.log.events("route_conflict"), "a routing daemon's route is no conflict"
+
+
+def test_a_late_claim_is_undone_by_the_peers_packets_and_said_so(world):  # noqa: F811
+    """Babel's news of the phone's older connection elsewhere reaches this router just
+    after the phone's handshake here: held back, then up again once its packets keep
+    arriving, without a new handshake; that claim does not move it a second time."""
+    world.kernel = MeshKernel()
+    d = world.daemon(daemon_mod_config("\toption metric '1'\n\toption idle_timeout '20'\n"))
+    p = peer(K1, "10.0.31.5/32", WALL0, rx=100)
+    world.sources.peers["wg0"] = (p,)
+    assert d.reconcile() and world.routes() == {"10.0.31.5/32"}
+    world.kernel.foreign = bird_claim()
+    world.clocks.step(0.3)
+    d.reconciler.dirty = True
+    assert d.reconcile() and world.routes() == set()
+    assert len(world.log.events("peer_moved")) == 1
+    for rx in (132, 164):  # its keepalives: the baseline, then one more
+        world.sources.peers["wg0"] = (p._replace(rx_bytes=rx),)
+        world.clocks.step(1)
+        assert d.reconcile()
+    assert world.routes() == {"10.0.31.5/32"}
+    up = world.log.events("peer_up")[-1]
+    assert "packets kept arriving" in up["detail"], up
+    assert reporter_mod.read_moved_state() == {}
+    world.sources.peers["wg0"] = (p._replace(rx_bytes=196),)
+    world.clocks.step(1)
+    d.reconciler.dirty = True
+    assert d.reconcile() and world.routes() == {"10.0.31.5/32"}, "the same claim: older news"
+    assert len(world.log.events("peer_moved")) == 1
+    world.kernel.foreign = bird_claim("10.0.32.31", "wg_s2s_op3")  # a newer claim: it moved
+    world.clocks.step(1)
+    d.reconciler.dirty = True
+    assert d.reconcile() and world.routes() == set()
+    assert len(world.log.events("peer_moved")) == 2, "said again: another move"
 
 
 def test_a_restart_beside_an_adopted_route_keeps_the_peer_and_elsewhere_yields(world):  # noqa: F811

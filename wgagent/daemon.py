@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import gc
-import heapq
 import os
 import select
 import signal
@@ -24,10 +23,11 @@ from .config import Config, ConfigError
 from .control import Control
 from .observer import Observer
 from .model import AF_INET, AF_INET6
-from .policy import Desired, PlanMemo, desired_rules, desired_state, handshake_age, outranked, track_activity
+from .policy import Desired, add_peer_rules, desired_rules, handshake_age, outranked
 from .reconciler import Reconciler
 from .reporter import Reporter
 from .rtnl import Changes, Interest, RtnlEvents
+from .tracker import PeerTracker
 
 RESYNC_SECONDS = 30.0
 SETTLE_SECONDS = 0.02  # after an event, let a burst (netifd flushing a device) arrive
@@ -55,8 +55,9 @@ class Daemon:
         self.reporter = Reporter(self.log, lambda num: config_mod.table_name(num, self.config.tables),
                                  lambda num: config_mod.proto_name(num, self.config.protos))
         self.reconciler = Reconciler(rtnl, self.reporter)
-        self.activity: dict = {}  # rx and handshake history per peer (policy.track_activity)
-        self.plans = PlanMemo()
+        # per peer between passes: rx and handshake history, plans, verdicts, route
+        # claims, the verdicts' deadlines (a pass decides only the peers that changed)
+        self.tracker = PeerTracker()
         self.last_desired = Desired()
         self.unreadable_since: dict[str, float] = {}  # interface -> monotonic time it became unreadable
         self.firewall = None  # a firewall.FirewallSync, when want_firewall() starts one
@@ -67,8 +68,6 @@ class Daemon:
         self.interest: Interest | None = None  # what the event filter lets through (None: everything)
         self._interest_key = None
         self._up_endpoints: tuple = (None, frozenset())  # (the Desired it was made of, its endpoints)
-        self._deadlines: list = []  # a heap of (valid until, (interface, key)): see next_deadline
-        self._deadlines_config = None
         self.detection: dict | None = None  # how handshakes are found, for the status (Runner)
 
     # --- one pass
@@ -86,7 +85,7 @@ class Daemon:
         self.reporter.read_ok("links")
         self.last_states = states
         self.reporter.interface_states(states)
-        self.activity = track_activity(self.activity, states, mono, wall)
+        self.tracker.observe(states, mono, wall)
         r = self.reconciler
         # the kernel before the decision: other routers' claims on our peers are in it
         if r.dirty or mono - r.view.read_at >= RESYNC_SECONDS:
@@ -99,21 +98,25 @@ class Daemon:
             self.reporter.read_ok("kernel")
         keep: set[str] = set()
         if self.config.agent.enabled:
-            desired = desired_state(self.config, states, wall, self.activity, mono, self.plans,
-                                    r.view.foreign, self.last_desired.moved)
+            desired = self.tracker.poll(self.config, states, wall, mono, r.view.foreign, self.last_desired.moved)
             keep = desired.frozen - self._released(states, mono)
-            # an interface unreadable this pass keeps what we knew of its peers (routes and rules stay)
-            desired.verdicts += [v for v in self.last_desired.verdicts if v.interface in keep]
-            desired.moved.update((k, m) for k, m in self.last_desired.moved.items() if k[0] in keep)
+            if keep:
+                # an interface unreadable this pass keeps what we knew of its peers (routes and rules stay)
+                held = [v for v in self.last_desired.verdicts if v.interface in keep]
+                desired.verdicts += held
+                add_peer_rules(desired.peer_rules, held)
+                desired.moved.update((k, m) for k, m in self.last_desired.moved.items() if k[0] in keep)
             self.reporter.skipped_routes(desired.skipped)
         else:
             desired = Desired()
-        self.reporter.peers(desired, {s.name for s in states if s.backend}, keep)
+        self.reporter.peers(desired, {s.name for s in states if s.backend}, keep, desired.frozen - keep)
         if self.config.agent.enabled:
             self.last_problems = desired_rules(self.config, desired, r.view.paths)
             self.reporter.path_problems(self.last_problems)
             self.reporter.path_states(r.view.paths)
-        self.reporter.route_outranked(outranked(desired.routes, r.view.foreign, self.yield_to))
+        foreign = r.view.foreign
+        self.reporter.route_outranked(outranked(desired.routes_in(foreign.keys()) if foreign and desired.routes_in
+                                                else desired.routes, foreign, self.yield_to))
         plan, rule_plan = r.plan(desired, keep, self.yield_to)
         self.reporter.route_conflicts(plan.conflicts)
         self.reporter.devices_down({x.ifname for x in plan.add if x.ifname in links and not links[x.ifname].up},
@@ -128,7 +131,7 @@ class Daemon:
             self.reporter.read_failed("apply", e, event="apply_failed")
             return Pass.FAILED
         self.reporter.read_ok("apply")
-        self.reporter.changes(done, desired, previous, wall, self.activity, mono)
+        self.reporter.changes(done, desired, previous, wall, self.tracker, mono)
         return Pass.REFUSED if r.dirty else Pass.WHOLE
 
     def up_endpoints(self) -> frozenset:
@@ -146,32 +149,14 @@ class Daemon:
         """The earliest moment (monotonic) a verdict of the last pass runs out (a
         handshake expires, a peer falls idle): the loop runs a pass then, whatever the
         poll interval."""
-        memo, heap = self.plans, self._deadlines
-        if memo.fresh:  # the verdicts the last pass made anew (those that stood are in already)
-            if memo.config is not self._deadlines_config:  # a new config: every verdict is new
-                heap.clear()
-                self._deadlines_config = memo.config
-            for entry in memo.fresh:
-                heapq.heappush(heap, entry)
-            memo.fresh = []
-        verdicts = memo.verdicts  # (interface, key) -> (peer, activity, verdict, valid until)
-        if len(heap) > 2 * len(verdicts) + 64:  # replaced verdicts' entries piling up (every peer changing)
-            heap[:] = [(v[3], k) for k, v in verdicts.items() if v[3] != _NEVER]
-            heapq.heapify(heap)
-        while heap:  # lazy deletion: an entry stands while its verdict does
-            until, key = heap[0]
-            v = verdicts.get(key)
-            if v is not None and v[3] == until:
-                return until
-            heapq.heappop(heap)
-        return None
+        return self.tracker.next_deadline()
 
     def status_document(self, now: float) -> dict:
         """The status as of the last pass (status.py), handshake ages as of now."""
         mono = self.mono()
 
         def age(v):
-            return handshake_age(v.peer, now, self.activity.get((v.interface, v.peer.public_key)), mono)
+            return handshake_age(v.peer, now, self.tracker.activity(v.interface, v.peer.public_key), mono)
 
         fw = self.firewall.status if self.firewall is not None else None
         return status.document(self.config, self.last_states, self.last_desired, self.reconciler.view,
@@ -202,11 +187,11 @@ class Daemon:
         cfg = self.config
         paths = tuple(p.device for p in self.reconciler.view.paths if p.device)
         by_index = {link.index: name for name, link in links.items()}  # tens of links
-        key = (self.plans.generation, paths, by_index)  # a new config starts a new generation
+        key = (self.tracker.generation, paths, by_index)  # a new config starts a new generation
         if key == self._interest_key:
             return self.interest
         self._interest_key = key
-        slots = frozenset(r.slot for plan in self.plans.plans.values() for r in plan.routes)
+        slots = self.tracker.slots()
         names = frozenset(i.name for i in cfg.interfaces) | frozenset(paths) | \
             frozenset(rp.device for rp in cfg.return_paths if rp.device)
         return Interest(slots, frozenset((AF_INET6 if ":" in dst else AF_INET, plen) for _, dst, plen in slots),

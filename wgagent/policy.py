@@ -60,26 +60,28 @@ def track_activity(prev: ActivityMap, states: Iterable[InterfaceState], mono_now
             continue
         for peer in state.peers:
             key = (name, peer.public_key)
-            old = get(key)
-            if old is not None and peer.rx_bytes == old.rx_bytes and peer.last_handshake == old.handshake \
-                    and (old.handshake_mono is not None or now is None):
-                out[key] = old  # nothing changed: the same object, on which desired_state's memo keys
-                continue
-            rx, hs = peer.rx_bytes, peer.last_handshake
-            if old is None:
-                out[key] = Activity(rx, mono_now, hs, _first_sight(hs, now, mono_now))
-            else:
-                # fewer bytes than before is a reset (peer removed and re-added, interface
-                # re-created): a new baseline, not a sign of life
-                since = mono_now if rx > old.rx_bytes else old.since
-                if hs != old.handshake:
-                    hs_mono = mono_now if hs > 0 else 0.0
-                elif old.handshake_mono is None:
-                    hs_mono = _first_sight(hs, now, mono_now)
-                else:
-                    hs_mono = old.handshake_mono
-                out[key] = Activity(rx, since, hs, hs_mono)
+            out[key] = fold_activity(get(key), peer, mono_now, now)
     return out
+
+
+def fold_activity(old: Activity | None, peer: Peer, mono_now: float, now: float | None) -> Activity:
+    """One peer's history after one poll (see track_activity): the same object when
+    nothing changed, on which a kept verdict keys."""
+    rx, hs = peer.rx_bytes, peer.last_handshake
+    if old is None:
+        return Activity(rx, mono_now, hs, _first_sight(hs, now, mono_now))
+    if rx == old.rx_bytes and hs == old.handshake and (old.handshake_mono is not None or now is None):
+        return old
+    # fewer bytes than before is a reset (peer removed and re-added, interface
+    # re-created): a new baseline, not a sign of life
+    since = mono_now if rx > old.rx_bytes else old.since
+    if hs != old.handshake:
+        hs_mono = mono_now if hs > 0 else 0.0
+    elif old.handshake_mono is None:
+        hs_mono = _first_sight(hs, now, mono_now)
+    else:
+        hs_mono = old.handshake_mono
+    return Activity(rx, since, hs, hs_mono)
 
 
 def _first_sight(handshake: float, now: float | None, mono_now: float) -> float | None:
@@ -157,8 +159,23 @@ class Desired:
     # verdict's routes.
     skipped: list[tuple[PeerVerdict, Route, str]] = field(default_factory=list)
     # Peers held back because another router claimed them (hand_off): what to remember
-    # of each until its next handshake here. Their verdicts say MOVED.
+    # of each until its next handshake here. Their verdicts say MOVED, except for those
+    # up again by their packets (Moved.back), kept to date the claims that follow.
     moved: dict[tuple[str, str], "Moved"] = field(default_factory=dict)
+    # Made by tracker.PeerTracker, which keeps them between polls: the up peers' rules
+    # with who wants them (desired_rules takes them as they are), and the peers whose
+    # verdict differs from the last pass's ((interface, key) -> verdict, None: gone);
+    # None: not known, compare every verdict.
+    peer_rules: dict[Rule, str] | None = None
+    changed: dict[tuple[str, str], PeerVerdict | None] | None = None
+    # tracker.PeerTracker's: its pass number, whose routes dict is the tracker's own
+    # (kept up to date, not copied: the next pass changes it); the routes it added since
+    # the pass before, and those it removed with who wanted them (routes_gone): what
+    # the reconciler plans from (None: not known) and what owner() names.
+    serial: int = 0
+    routes_added: set[Route] | None = None
+    routes_in: Callable[[Iterable], list[Route]] | None = None  # routes' slots among these (this pass only)
+    routes_gone: dict[Route, PeerVerdict] = field(default_factory=dict)
 
 
 @lru_cache(maxsize=1 << 16)  # the same inputs every poll: computed once
@@ -182,7 +199,7 @@ class PeerPlan(NamedTuple):
     idle_timeout: float
     routes: tuple[Route, ...]
     rules: tuple[Rule, ...]
-    slots: tuple[tuple[tuple[int, str, int], Route], ...]
+    slots: tuple[tuple[int, str, int], ...]  # each route's slot (Route.slot), made once
     endpoint: str | None = None
     skipped: tuple[Route, ...] = ()  # routes that would carry the endpoint (see peer_plan)
     endpoint_address: str = ""
@@ -218,7 +235,7 @@ def peer_plan(config: Config, iface, peer: Peer) -> PeerPlan:
                 address = endpoint[2]
     return PeerPlan(peer.allowed_ips, pconf.description if pconf else "", idle, routes,
                     peer_rules(source_table, config.agent.rule_priority, peer.allowed_ips),
-                    tuple((r.slot, r) for r in routes), peer.endpoint, skipped, address)
+                    tuple(r.slot for r in routes), peer.endpoint, skipped, address)
 
 
 # local, main, default: the tables of the kernel's own rules (0, 32766, 32767)
@@ -273,9 +290,6 @@ class PlanMemo:
         # monotonic time)
         self.verdicts: dict[tuple[str, str], tuple] = {}
         self.generation = 0  # counts the polls whose plans differ from the last one's (or the config)
-        # (valid until, (interface, key)) of the verdicts made anew by the last poll (not
-        # those that stood): the caller's heap of deadlines takes them (Daemon.next_deadline)
-        self.fresh: list[tuple[float, tuple[str, str]]] = []
 
 
 _FOREVER = float("inf")
@@ -288,15 +302,28 @@ def _valid_until(reason: str, age: float, timeout: float, idle: float, activity:
     changes: an up peer's until its handshake expires or it falls idle; an idle one's
     until its handshake expires (it then reads expired, as a fresh verdict would); any
     other for good (only a new handshake, i.e. a changed peer, lifts it). Only the
-    monotonic clock: a step of the wall clock changes no verdict."""
-    if reason == UP:
+    monotonic clock: a step of the wall clock changes no verdict.
+
+    A handshake that activity dates expires at its date + timeout, the same float at
+    every poll (mono_now - age would differ in its last bits from poll to poll)."""
+    if reason != UP and reason != IDLE:
+        return _FOREVER
+    if activity is not None and activity.handshake_mono and mono_now - activity.handshake_mono == age:
+        until = activity.handshake_mono + timeout
+    else:
         until = mono_now - age + timeout
-        if idle > 0 and activity is not None and activity.since + idle < until:
-            return activity.since + idle
-        return until
-    if reason == IDLE:
-        return mono_now - age + timeout
-    return _FOREVER
+    if reason == UP and idle > 0 and activity is not None and activity.since + idle < until:
+        return activity.since + idle
+    return until
+
+
+def judge_peer(interface: str, peer: Peer, plan: PeerPlan, activity: Activity | None, now: float,
+               mono_now: float, timeout: float) -> tuple[PeerVerdict, float]:
+    """One peer's verdict, and until when (monotonic) it stands (_valid_until)."""
+    age = handshake_age(peer, now, activity, mono_now)
+    up, reason = _judge(age, timeout, plan.idle_timeout, activity, mono_now)
+    verdict = _new_verdict(PeerVerdict, (interface, peer, up, reason, age, plan.description, plan.routes, plan.rules))
+    return verdict, _valid_until(reason, age, timeout, plan.idle_timeout, activity, mono_now)
 
 
 def desired_state(config: Config, states: Iterable[InterfaceState], now: float,
@@ -328,7 +355,6 @@ def desired_state(config: Config, states: Iterable[InterfaceState], now: float,
     timeout = config.agent.handshake_timeout
     claims: dict[tuple[int, str, int], tuple[Route, PeerVerdict]] = {}
     verdicts = result.verdicts
-    made = memo.fresh = []
     moved = moved or {}
     changed = False  # a plan made anew this poll
     handing = bool(foreign) or bool(moved)  # a hub without a routing daemon skips all of it
@@ -359,20 +385,15 @@ def desired_state(config: Config, states: Iterable[InterfaceState], now: float,
                     plan = peer_plan(config, iface, peer)
                     changed = True
                 plans[key] = plan
-                age = handshake_age(peer, now, act, mono_now)
-                up, reason = _judge(age, timeout, plan.idle_timeout, act, mono_now)
-                verdict = _new_verdict(PeerVerdict, (name, peer, up, reason, age,
-                                                     plan.description, plan.routes, plan.rules))
-                until = _valid_until(reason, age, timeout, plan.idle_timeout, act, mono_now)
+                verdict, until = judge_peer(name, peer, plan, act, now, mono_now, timeout)
                 kept[key] = (peer, act, verdict, until)
-                if until != _FOREVER:
-                    made.append((until, key))
+                up = verdict.up
             if handing and plan.routes:
                 record = moved.get(key)
                 if up:
                     found = claims_for(plan.routes, foreign, iface) if foreign else ()
                     hs_mono = act.handshake_mono if act is not None and act.handshake == peer.last_handshake else None
-                    decision, record = hand_off(peer.last_handshake, hs_mono, found, record)
+                    decision, record = hand_off(peer.last_handshake, hs_mono, found, record, peer.rx_bytes, mono_now)
                     if decision == MOVED:
                         verdict, up = verdict._replace(up=False, reason=MOVED), False
                 elif record is not None and record.handshake != peer.last_handshake:
@@ -381,7 +402,7 @@ def desired_state(config: Config, states: Iterable[InterfaceState], now: float,
                     result.moved[key] = record
             verdicts.append(verdict)
             if up:
-                for slot, route in plan.slots:
+                for slot, route in zip(plan.slots, plan.routes):
                     rival = claims.get(slot)
                     if rival is None or _newer(verdict, rival[1], now, activity, mono_now):
                         claims[slot] = (route, verdict)
@@ -492,10 +513,10 @@ def desired_rules(config: Config, desired: Desired, paths: Iterable[PathState]) 
     """Fill desired.rules and desired.path_routes; returns problems to warn about."""
     base = config.agent.rule_priority
     problems: list[str] = []
-    for v in desired.verdicts:
-        if v.up:
-            for rule in v.rules:
-                desired.rules.setdefault(rule, f"peer {v.label}")
+    if desired.peer_rules is None:
+        add_peer_rules(desired.rules, desired.verdicts)
+    else:
+        desired.rules.update(desired.peer_rules)
     by_name = {p.name: p for p in paths}
     for rp in config.return_paths:
         rules, routes, trouble = return_path_wants(rp, by_name.get(rp.name, PathState(rp.name)), base)
@@ -507,6 +528,14 @@ def desired_rules(config: Config, desired: Desired, paths: Iterable[PathState]) 
     for family in {r.family for r in desired.rules}:
         desired.rules[Rule(family, base + SUPPRESS_OFFSET, 254, suppress_prefixlen=0)] = "suppress"
     return problems
+
+
+def add_peer_rules(rules: dict[Rule, str], verdicts: Iterable[PeerVerdict]) -> None:
+    """The up peers' rules, each wanted by the first peer that has it."""
+    for v in verdicts:
+        if v.up:
+            for rule in v.rules:
+                rules.setdefault(rule, f"peer {v.label}")
 
 
 @dataclass
@@ -537,36 +566,60 @@ def _newer(a: PeerVerdict, b: PeerVerdict, now: float, activity: ActivityMap, mo
 KEEP, BACK = "keep", "back"  # hand_off's decisions, with MOVED
 
 
+# A held-back peer whose packets still arrive here after this long is connected here
+# (its claim was older news); packets in flight from before a move arrive sooner.
+SETTLE_SECONDS = 0.5
+
+
 class Moved(NamedTuple):
     """A peer held back because another router claimed it: until it has a newer
-    handshake here than `handshake` (its last_handshake when it moved)."""
+    handshake here than `handshake` (its last_handshake when it moved), or its packets
+    keep arriving here after the move (see hand_off)."""
 
     handshake: float
     route: Route  # our route whose slot was claimed
     claim: Foreign  # the other router's route that claimed it
+    at: float = 0.0  # monotonic: when it was held back (back: when its packets showed it here)
+    rx: int | None = None  # its rx_bytes at the first read SETTLE_SECONDS after `at`
+    back: bool = False  # up again by its packets: claims dated up to `at` are older news
 
 
 def hand_off(handshake: float, handshake_mono: float | None, claims: Iterable[tuple[Route, Foreign]],
-             moved: Moved | None) -> tuple[str, Moved | None]:
+             moved: Moved | None, rx: int | None = None, mono: float | None = None) -> tuple[str, Moved | None]:
     """For a peer that is up here by its handshake: keep its routes, hold them back
     (MOVED, with what to remember), or bring them back (BACK) after a move.
 
     claims: (our route, a routing daemon's route for the same slot via another device)
     for the peer's prefixes; each claim dated (Foreign.since) when it appeared or last
     changed its next hop. handshake_mono: when the peer's current handshake happened
-    (track_activity), None when undated.
+    (track_activity), None when undated. rx, mono: the peer's rx_bytes in this read and
+    the read's monotonic time (None: the rx rule below is not applied).
 
     A peer claimed elsewhere AFTER its handshake here has connected at that router
     since: it moved. It stays held back, whatever the claims do, until its handshake
-    here changes (its rx counter alone cannot bring it back: a packet in flight from
-    before the move would). With a newer handshake, claims older than it are the
-    other router's stale view (it lets go when it sees our claim): our route comes
-    back and wins locally at its lower metric."""
-    if moved is not None and handshake == moved.handshake:
-        return MOVED, moved
+    here changes, or until its packets show it never left: a client sends to one
+    endpoint, so rx that grows between two reads both at least SETTLE_SECONDS after
+    the move means it sends here, and the claim was the routing protocol's late news
+    of an older connection elsewhere (a Babel update that reached this router just
+    after the client's handshake here). Packets in flight from before a move arrive
+    within the settle time; the first read after it is the baseline. With a newer
+    handshake, claims older than it are the other router's stale view (it lets go when
+    it sees our claim): our route comes back and wins locally at its lower metric."""
+    same = moved is not None and handshake == moved.handshake
+    if same and not moved.back:
+        if rx is None or mono is None or mono < moved.at + SETTLE_SECONDS:
+            return MOVED, moved
+        if moved.rx is None or rx < moved.rx:  # the baseline (or a reset counter's new one)
+            return MOVED, moved._replace(rx=rx)
+        if rx == moved.rx:
+            return MOVED, moved
+        return BACK, moved._replace(at=mono, rx=None, back=True)
+    since = moved.at if same else handshake_mono  # back by its packets: claims after that read
     newest = max(claims, key=lambda c: c[1].since, default=None)
-    if newest is not None and (handshake_mono is None or newest[1].since > handshake_mono):
-        return MOVED, Moved(handshake, *newest)
+    if newest is not None and (since is None or newest[1].since > since):
+        return MOVED, Moved(handshake, *newest, at=mono or 0.0)
+    if same:
+        return KEEP, moved
     return (BACK if moved is not None else KEEP), None
 
 

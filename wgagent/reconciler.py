@@ -13,6 +13,7 @@ import errno
 import os
 
 from .observer import KernelView
+from .model import Route
 from .policy import Desired, RoutePlan, RulePlan, conflicting, date_foreign, plan_routes, plan_rules
 from .reporter import Reporter, owner
 
@@ -30,6 +31,14 @@ class Reconciler:
         self.view = KernelView()
         self.read = False  # the kernel read at least once
         self.dirty = True
+        # The route plan's difference kept between passes (W: the routes wanted, H: the
+        # view's owned): missing = W - H, extra = H - W, as of the Desired routes and the
+        # view in basis. While both stand (no fresh read, no unreadable interface),
+        # a pass moves them by what the tracker says changed in W (Desired.routes_delta)
+        # and apply by what it did to H: no walk over every route.
+        self._missing: set[Route] = set()
+        self._extra: set[Route] = set()
+        self._basis: tuple = (0, None, None)  # (Desired.serial, Desired.path_routes, view)
 
     def seen(self, view: KernelView) -> None:
         """A fresh read of the kernel. The routes of others keep the date they were
@@ -69,10 +78,44 @@ class Reconciler:
     def plan(self, desired: Desired, keep: set[str], yield_to=lambda ifname: frozenset()) -> tuple[RoutePlan, RulePlan]:
         """keep: interfaces whose routes stay as they are (unreadable this pass);
         yield_to(ifname): the protocols whose routes beside ours are no conflict."""
-        wanted = set(desired.routes)
-        wanted.update(desired.path_routes)
-        return (plan_routes(wanted, self.view.owned, conflicting(wanted, self.view.foreign, yield_to), keep),
-                plan_rules(desired.rules, self.view.rules))
+        view = self.view
+        routes, paths = desired.routes, desired.path_routes
+        added = desired.routes_added
+        basis_serial, basis_paths, basis_view = self._basis
+        self._basis = (desired.serial, paths, view) if not keep else (0, None, None)
+        if keep or added is None or desired.serial != basis_serial + 1 or basis_view is not view:
+            wanted = set(routes)
+            wanted.update(paths)
+            self._missing, self._extra = wanted - view.owned, view.owned - wanted
+            return (plan_routes(wanted, view.owned, conflicting(wanted, view.foreign, yield_to), keep),
+                    plan_rules(desired.rules, view.rules))
+        owned, missing, extra = view.owned, self._missing, self._extra
+        removed = desired.routes_gone.keys()
+        if paths is not basis_paths and paths != basis_paths:
+            added = added | (paths.keys() - basis_paths.keys())
+            removed = removed | (basis_paths.keys() - paths.keys())
+        for route in added:
+            extra.discard(route)
+            if route not in owned:
+                missing.add(route)
+        for route in removed:
+            if route not in routes and route not in paths:
+                missing.discard(route)
+                if route in owned:
+                    extra.add(route)
+        foreign = view.foreign
+        # only wanted routes in a slot of other protocols' can conflict
+        near = desired.routes_in(foreign.keys()) + [r for r in paths if r.slot in foreign] if foreign else []
+        held = conflicting(near, foreign, yield_to) if near else {}
+        plan = RoutePlan()
+        if held:
+            taken = {r for r in near if r.slot in held}
+            plan.conflicts = [(r, held[r.slot]) for r in sorted(taken)]
+            plan.add = sorted(missing - taken)
+            plan.delete = sorted(extra | (taken & owned))
+        else:
+            plan.add, plan.delete = sorted(missing), sorted(extra)
+        return plan, plan_rules(desired.rules, view.rules)
 
     def apply(self, plan: RoutePlan, rule_plan: RulePlan, links, desired: Desired, previous: Desired) -> dict:
         """Make the changes; returns {(event, interface, owner): [route or rule]} of
@@ -116,10 +159,12 @@ class Reconciler:
             elif verb == "add":
                 self.reporter.change_done(key)
                 self.view.owned.add(route)
+                self._missing.discard(route)
                 note("route_added", route, route.ifname)
             else:
                 self.reporter.change_done(key)
                 self.view.owned.discard(route)
+                self._extra.discard(route)
                 note("route_removed", route, route.ifname)
         added = self._rules("add", rule_plan.add, failed)
         for rule in added:

@@ -108,6 +108,9 @@ class Reporter:
         self.table_name = table_name  # number -> name from rt_tables
         self.proto_name = proto_name  # number -> name from rt_protos
         self.up: dict[tuple[str, str], PeerVerdict] = {}  # peers said to be up
+        self.idle_keys: set[tuple[str, str]] = set()  # peers held idle, and as last written
+        self._idle_written: frozenset = frozenset()
+        self.held: dict[tuple[str, str], PeerVerdict] = {}  # peers held back as moved
         self.interfaces = Once()  # name -> error ("" when readable)
         self.failures = Once()  # a kernel change -> errno, while it keeps failing
         self.reads = Once()  # what could not be read -> error
@@ -179,9 +182,95 @@ class Reporter:
 
     # --- peers
 
-    def peers(self, desired: Desired, present: set[str], kept: set[str]) -> None:
+    def peers(self, desired: Desired, present: set[str], kept: set[str], dropped: set[str] = frozenset()) -> None:
         """peer_up / peer_down lines, and the idle file. present: the interfaces that
-        exist; kept: those unreadable this pass, whose peers keep their state."""
+        exist; kept: those unreadable this pass, whose peers keep their state;
+        dropped: those whose peers have no verdict this pass (unreadable for too long).
+        With desired.changed (tracker.PeerTracker), only the peers named there (and
+        those of dropped interfaces) are looked at: the others are as they were."""
+        if desired.changed is None:
+            self._all_peers(desired, present, kept)
+        else:
+            self._changed_peers(desired, present, dropped)
+
+    def _changed_peers(self, desired: Desired, present: set[str], dropped: set[str]) -> None:
+        changed = desired.changed
+        if dropped:
+            changed = dict(changed)
+            for known in (self.up, self.idle_keys, self.held):
+                changed.update((k, None) for k in known if k[0] in dropped and k not in changed)
+        up, idle, held = self.up, self.idle_keys, self.held
+        lines = []
+        gone = []
+        idle_changed = False
+        for key, v in changed.items():
+            before = up.get(key)
+            if v is not None and v.up:
+                up[key] = v
+                if before is None:
+                    lines.append(self._up(key, v))
+                elif before.peer.endpoint != v.peer.endpoint and before.peer.endpoint and v.peer.endpoint:
+                    lines.append(self._roamed(before, v))
+            elif before is not None:
+                del up[key]
+                gone.append((key, before, v))
+            if (v is not None and v.reason == IDLE) != (key in idle):
+                idle_changed = True
+                idle.symmetric_difference_update((key,))
+            if v is not None and v.reason == MOVED:
+                held[key] = v
+            else:
+                held.pop(key, None)
+        if idle_changed:
+            self._idle_written = frozenset(idle)
+        self.idle.write(self._idle_written, self.log,
+                        {k: moved_fields(desired.moved[k], self.proto_name) for k in held})
+        for key, before, now in sorted(gone, key=lambda g: g[0]):
+            if key in held:
+                continue  # said as peer_moved
+            lines.append(self._down(key, before, now, present))
+        self._say_moved(desired, held, lines)
+        self.lines(lines)
+
+    def _up(self, key, v: PeerVerdict) -> tuple:
+        """The peer_up line; one held back as moved until now and up again without a
+        new handshake came back by its packets (policy.hand_off), and says so."""
+        fields = peer_fields(v)
+        was = self.held.get(key)  # as of the pass before
+        if was is not None and was.peer.last_handshake == v.peer.last_handshake:
+            fields["detail"] = "its packets kept arriving here after the move: the claim was older news of " \
+                               "another router"
+        return ("peer_up", fields, peer_note(v))
+
+    def _roamed(self, before: PeerVerdict, v: PeerVerdict) -> tuple:
+        """Roaming while connected here (a new address, the same router): its routes
+        stay, the tunnel follows WireGuard's endpoint on its own."""
+        return ("peer_endpoint_changed",
+                {"iface": v.interface, "peer": v.label, "endpoint": v.peer.endpoint,
+                 "previous": before.peer.endpoint},
+                dict(peer_note(v), previous=before.peer.endpoint))
+
+    @staticmethod
+    def _down(key, before: PeerVerdict, now: PeerVerdict | None, present: set[str]) -> tuple:
+        """The peer_down line of a peer that was up: now its verdict, None when it has none."""
+        if now is not None:
+            return ("peer_down", peer_fields(now), dict(peer_note(before, now.reason), endpoint=now.peer.endpoint or ""))
+        reason = "peer-removed" if before.interface in present else "interface-gone"
+        return ("peer_down", {"iface": before.interface, "peer": before.label, "reason": reason},
+                peer_note(before, reason))
+
+    def _say_moved(self, desired: Desired, held: dict, lines: list) -> None:
+        for key, v in sorted(held.items()):
+            record = desired.moved[key]
+            if self.moved.changed(key, (record.handshake, record.at)):  # once per move
+                fields = {"iface": v.interface, "peer": v.label}
+                fields.update((k, v or "-") for k, v in moved_fields(record, self.proto_name).items())
+                fields["detail"] = "connected at another router since its last handshake here: routes withdrawn " \
+                                   "until its next handshake here, or its packets show it here"
+                lines.append(("peer_moved", fields, peer_note(v, "moved")))
+        self.moved.keep(desired.moved)  # a held peer that falls idle is not said moved again
+
+    def _all_peers(self, desired: Desired, present: set[str], kept: set[str]) -> None:
         was_up = self.up
         now_up: dict[tuple[str, str], PeerVerdict] = {}
         lines = []
@@ -193,14 +282,9 @@ class Reporter:
                 now_up[key] = v
                 before = was_up.get(key)
                 if before is None:
-                    lines.append(("peer_up", peer_fields(v), peer_note(v)))
+                    lines.append(self._up(key, v))
                 elif before.peer.endpoint != v.peer.endpoint and before.peer.endpoint and v.peer.endpoint:
-                    # roaming while connected here (a new address, the same router): its
-                    # routes stay, the tunnel follows WireGuard's endpoint on its own
-                    lines.append(("peer_endpoint_changed",
-                                  {"iface": v.interface, "peer": v.label, "endpoint": v.peer.endpoint,
-                                   "previous": before.peer.endpoint},
-                                  dict(peer_note(v), previous=before.peer.endpoint)))
+                    lines.append(self._roamed(before, v))
             elif v.reason == IDLE:
                 idle.add((v.interface, v.peer.public_key))
             elif v.reason == MOVED:
@@ -213,26 +297,11 @@ class Reporter:
                 v = was_up[key]
                 if v.interface in kept:
                     now_up[key] = v  # unreadable this time: keep what we knew
-                elif key in held:
-                    continue  # said as peer_moved
-                elif key in seen:
-                    now = seen[key]
-                    lines.append(("peer_down", peer_fields(now),
-                                  dict(peer_note(v, now.reason), endpoint=now.peer.endpoint or "")))
-                else:
-                    reason = "peer-removed" if v.interface in present else "interface-gone"
-                    lines.append(("peer_down", {"iface": v.interface, "peer": v.label, "reason": reason},
-                                  peer_note(v, reason)))
-        for key, v in sorted(held.items()):
-            record = desired.moved[key]
-            if self.moved.changed(key, record.handshake):  # once per move
-                fields = {"iface": v.interface, "peer": v.label}
-                fields.update((k, v or "-") for k, v in moved_fields(record, self.proto_name).items())
-                fields["detail"] = "connected at another router since its last handshake here: routes withdrawn " \
-                                   "until its next handshake here"
-                lines.append(("peer_moved", fields, peer_note(v, "moved")))
-        self.moved.keep(desired.moved)  # a held peer that falls idle is not said moved again
+                elif key not in held:  # else said as peer_moved
+                    lines.append(self._down(key, v, seen.get(key), present))
+        self._say_moved(desired, held, lines)
         self.up = now_up
+        self.idle_keys, self._idle_written, self.held = set(idle), frozenset(idle), held
         self.lines(lines)
 
     def route_outranked(self, outranked) -> None:
@@ -400,9 +469,11 @@ def moved_fields(record, proto_name) -> dict:
 
 
 def owner(item, desired: Desired, previous: Desired) -> str:
-    """Who wants (or wanted) a route or rule: "peer <label>", "return_path <name>", "-"."""
+    """Who wants (or wanted) a route or rule: "peer <label>", "return_path <name>", "-".
+    (A tracker's Desired shares its routes with the one before: those it removed are
+    in its routes_gone.)"""
     for d in (desired, previous):
-        v = d.routes.get(item)
+        v = d.routes.get(item) or desired.routes_gone.get(item)
         if v is not None:
             return f"peer {v.label}"
         who = d.path_routes.get(item) or d.rules.get(item)

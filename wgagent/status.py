@@ -61,7 +61,7 @@ def document(cfg, states, desired, view, problems, *, age, idle=frozenset(), mov
 
     if moved is None:
         moved = {k: moved_fields(m, lambda p: config_mod.proto_name(p, cfg.protos))
-                 for k, m in desired.moved.items()}
+                 for k, m in desired.moved.items() if not m.back}
     out = {"interfaces": [], "conflicts": [], "return_paths": [], "problems": list(problems)}
     if mesh is not None:
         out["mesh"] = mesh
