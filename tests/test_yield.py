@@ -233,6 +233,16 @@ def test_a_peer_claimed_elsewhere_is_withdrawn_said_once_and_comes_back_with_a_n
         d.reconciler.dirty = True
         assert d.reconcile() and world.routes() == set()
     assert len(world.log.events("peer_moved")) == 1
+    # nothing arrives for idle_timeout: its verdict says idle, but status still says
+    # where it went (the daemon's own, and the file `wgagent status` reads)
+    world.clocks.step(25)
+    assert d.reconcile() and world.routes() == set()
+    assert [v.reason for v in d.last_desired.verdicts] == ["idle"]
+    assert reporter_mod.read_idle_state() == {("wg0", K1)}
+    assert ("wg0", K1) in reporter_mod.read_moved_state(), "fallen idle, it is still where it went"
+    entry = d.status_document(world.clocks.wall)["interfaces"][0]["peers"][0]
+    assert (entry["state"], entry["moved"]["device"]) == ("moved", "wg_s2s_op2")
+    assert len(world.log.events("peer_moved")) == 1, "not said again"
     # it connects here again
     world.kernel.foreign = bird_claim()
     world.sources.peers["wg0"] = (p._replace(last_handshake=world.clocks.wall, rx_bytes=300),)

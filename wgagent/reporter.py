@@ -223,8 +223,7 @@ class Reporter:
                 held.pop(key, None)
         if idle_changed:
             self._idle_written = frozenset(idle)
-        self.idle.write(self._idle_written, self.log,
-                        {k: moved_fields(desired.moved[k], self.proto_name) for k in held})
+        self.idle.write(self._idle_written, self.log, self._where(desired, held, idle))
         for key, before, now in sorted(gone, key=lambda g: g[0]):
             if key in held:
                 continue  # said as peer_moved
@@ -259,6 +258,13 @@ class Reporter:
         return ("peer_down", {"iface": before.interface, "peer": before.label, "reason": reason},
                 peer_note(before, reason))
 
+    def _where(self, desired: Desired, held, idle) -> dict:
+        """Where the peers held back went (moved_fields), for the idle file: those held
+        now, and those that fell idle here since (policy keeps their record until a new
+        handshake here): `wgagent status` says where they are, not only "idle"."""
+        return {k: moved_fields(r, self.proto_name) for k, r in desired.moved.items()
+                if k in held or (k in idle and not r.back)}
+
     def _say_moved(self, desired: Desired, held: dict, lines: list) -> None:
         for key, v in sorted(held.items()):
             record = desired.moved[key]
@@ -289,7 +295,7 @@ class Reporter:
                 idle.add((v.interface, v.peer.public_key))
             elif v.reason == MOVED:
                 held[(v.interface, v.peer.public_key)] = v
-        self.idle.write(idle, self.log, {k: moved_fields(desired.moved[k], self.proto_name) for k in held})
+        self.idle.write(idle, self.log, self._where(desired, held, idle))
         gone = was_up.keys() - now_up.keys()
         if gone:
             seen = {(v.interface, v.peer.public_key): v for v in desired.verdicts}

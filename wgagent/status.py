@@ -75,11 +75,12 @@ def document(cfg, states, desired, view, problems, *, age, idle=frozenset(), mov
         for v in by_iface.get(state.name, ()):
             up, reason = v.up, v.reason
             key = (v.interface, v.peer.public_key)
-            where = moved.get(key) if up or reason == MOVED else None
-            if up and key in idle:
-                up, reason = False, IDLE
-            elif where is not None:
+            # a peer that moved and then fell idle here is still where it went
+            where = moved.get(key) if up or reason in (MOVED, IDLE) else None
+            if where is not None:
                 up, reason = False, MOVED
+            elif up and key in idle:
+                up, reason = False, IDLE
             a = age(v)
             entry["peers"].append({
                 "interface": v.interface, "public_key": v.peer.public_key, "short_key": v.peer.short_key,
