@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -73,3 +74,23 @@ def call(sock: str, method: str, args: dict | None = None, timeout: float = 60) 
     r = ubus(sock, "call", "wgagent", method, *([json.dumps(args)] if args is not None else []), timeout=timeout)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
+
+
+def listen(sock: str, *patterns: str, seconds: int = 0, ubusd=None) -> subprocess.Popen:
+    """`ubus [-t SECONDS] listen PATTERNS` started, and, given the in-process double's
+    ubusd, back only once its patterns are registered (an interpreter's start on a loaded
+    machine outlasts any fixed sleep; -t counts from the registration, as in cli.c)."""
+    before = len(ubusd.patterns) if ubusd is not None else 0
+    p = subprocess.Popen([sys.executable, CLI, "-s", sock, *(["-t", str(seconds)] if seconds else []),
+                          "listen", *patterns], stdout=subprocess.PIPE, text=True)
+    if ubusd is None:
+        time.sleep(0.5)
+        return p
+    deadline = time.monotonic() + 30
+    while len(ubusd.patterns) < before + max(len(patterns), 1):
+        if p.poll() is not None or time.monotonic() > deadline:
+            p.kill()
+            p.wait()
+            raise AssertionError(f"ubus listen {' '.join(patterns)}: not registered (exit {p.returncode})")
+        time.sleep(0.02)
+    return p

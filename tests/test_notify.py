@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -75,11 +73,8 @@ def test_a_burst_is_summarised_for_the_notifiers_as_for_the_log():
 # --- ubus events (conftest's double: its ubusd)
 
 
-def listen(sock, *patterns, seconds=4):
-    p = subprocess.Popen([sys.executable, rp.CLI, "-s", sock, "-t", str(seconds), "listen", *patterns],
-                         stdout=subprocess.PIPE, text=True)
-    time.sleep(0.5)  # registered
-    return p
+def listen(double, *patterns, seconds=8):
+    return rp.listen(double.path, *patterns, seconds=seconds, ubusd=double.ubusd)
 
 
 def heard(p) -> list[dict]:
@@ -95,7 +90,7 @@ def heard(p) -> list[dict]:
 def test_events_are_sent_with_ubus_send_and_heard_by_ubus_listen(double):
     log = Log()
     events = notify.UbusEvents(log, rp.CLI, double.path)
-    listener = listen(double.path, "wgagent.*")
+    listener = listen(double, "wgagent.*")
     try:
         events("peer_up", {"interface": "wg0", "peer": K1, "description": "", "reason": "handshake",
                            "endpoint": "192.0.2.9:51820", "prefixes": ["10.0.31.5/32", "fd31::5/128"]})

@@ -71,10 +71,8 @@ class Router:
         return rp.call(self.sock, method, args, timeout=timeout)
 
     def listen(self, *patterns):
-        p = subprocess.Popen([sys.executable, rp.CLI, "-s", self.sock, "listen", *patterns],
-                             stdout=subprocess.PIPE, text=True)
+        p = rp.listen(self.sock, *patterns)  # the double in a process of its own: a fixed wait
         self.site.lab.procs.append(p)
-        time.sleep(0.5)
         return Heard(p)
 
     def close(self):

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -65,16 +62,14 @@ def test_the_cli_list_send_and_listen(double):
     assert rp.ubus(double.path, "list", "u*").stdout.split() == ["uci"]
     r = rp.ubus(double.path, "list", "nosuch")
     assert (r.returncode, r.stderr) == (4, "Command failed: Not found\n")
-    listener = subprocess.Popen([sys.executable, rp.CLI, "-s", double.path, "-t", "2", "listen", "wgagent.*"],
-                                stdout=subprocess.PIPE, text=True)
+    listener = rp.listen(double.path, "wgagent.*", seconds=5, ubusd=double.ubusd)
     try:
-        time.sleep(0.5)
         assert rp.ubus(double.path, "send", "wgagent.peer", '{"a":"b\\"c","n":1,"f":1.5,"z":null,"t":true}').returncode == 0
         r = rp.ubus(double.path, "send", "ubus.object.add", "{}")
         assert (r.returncode, r.stderr) == (6, "Command failed: Permission denied\n")
         r = rp.ubus(double.path, "send", "wgagent.peer", "[1]")
         assert (r.returncode, r.stderr) == (12, "Command failed: Parsing message data failed\n")
-        out, _ = listener.communicate(timeout=10)  # -t 2: it ends by itself, status 0
+        out, _ = listener.communicate(timeout=20)  # -t 5: it ends by itself, status 0
     finally:
         if listener.poll() is None:
             listener.kill()

@@ -132,7 +132,7 @@ class UbusDouble:
             threading.Thread(target=self._client, args=(conn,), daemon=True).start()
 
     def _client(self, conn):
-        lock = threading.Lock()  # answers and pushed events share the connection
+        lock = threading.RLock()  # answers and pushed events share the connection (held over a listen)
 
         def write(f, msg):
             with lock:
@@ -143,7 +143,15 @@ class UbusDouble:
             with conn, conn.makefile("rwb") as f:
                 for line in f:
                     req = json.loads(line)
-                    write(f, self._request(conn, req, lambda msg, f=f: write(f, msg)))
+                    push = lambda msg, f=f: write(f, msg)  # noqa: E731
+                    if req.get("op") == "listen":
+                        # ubusd (one thread) answers a registration before any event it
+                        # matches; here another thread's event must wait for the answer.
+                        # The order is ubusd's lock, then the connection's, as in _send
+                        with self.ubusd.lock, lock:
+                            write(f, self._request(conn, req, push))
+                    else:
+                        write(f, self._request(conn, req, push))
         except (OSError, ValueError):
             pass
         finally:
