@@ -170,12 +170,17 @@ while True:
             time.sleep(0.02)
         return last
 
-    def wait(self, kind: str | None, since: int, count: int = 1, timeout: float = 60) -> float:
-        """Time of the count-th event of kind (None: of any kind) after mark `since`."""
+    def wait(self, kind: str | None, since: int, count: int = 1, timeout: float = 60,
+             after: float | None = None) -> float:
+        """Time of the count-th event of kind (None: of any kind) after mark `since`;
+        with `after` (time.time()), of those the kernel delivered after it: the helper
+        writes a burst once it is drained, so a backlog read before the mark may still
+        be on its way in (10,000 routes flushed just before)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.lock:
-                found = [t for k, t in self.events[since:] if kind is None or k == kind]
+                found = [t for k, t in self.events[since:] if (kind is None or k == kind)
+                         and (after is None or t >= after)]
             if len(found) >= count:
                 return found[count - 1]
             time.sleep(0.005)

@@ -75,10 +75,13 @@ def test_handshake_endpoint_counters_keepalive_as_wg_shows_them(pair, backend):
     wait_for(lambda: b.ping("10.0.0.1"), 20, what="a handshake")
     assert b.ping("fd00::1")
     now = time.time()
-    got, ref = read(a), wg_dump(a)
+    # wg before and after our read: a handshake may complete between two reads (the VM's
+    # slow interpreter start saw a retried initiation land 5 s after the first one)
+    before, got, ref = wg_dump(a), read(a), wg_dump(a)
     (peer,) = got["peers"]
     assert peer["public_key"] == kb
-    assert abs(peer["last_handshake"] - ref[kb]["last_handshake"]) < 1 and now - peer["last_handshake"] < 30
+    assert any(abs(peer["last_handshake"] - r[kb]["last_handshake"]) < 1 for r in (before, ref))
+    assert now - peer["last_handshake"] < 30
     assert peer["endpoint"] == ref[kb]["endpoint"] and peer["endpoint"].startswith("192.0.2.2:")
     assert sorted(peer["allowed_ips"]) == ref[kb]["allowed_ips"]
     assert peer["rx_bytes"] > 0 and peer["tx_bytes"] > 0
