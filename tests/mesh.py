@@ -235,6 +235,16 @@ class Mesh:
     def everyone_reaches_phone(self) -> bool:
         return all(self.reaches_phone(i, fam) for i in SITES for fam in (4, 6))
 
+    def agrees(self, i: int) -> bool:
+        """Every other router's kernel routes the phone (both families) over its site
+        tunnel to op<i> by BIRD's route alone: Babel has told them all where it is."""
+        for j in SITES:
+            if j != i:
+                routes = self.bird_routes(j)
+                if len(routes) != 2 or not all(f" dev {tunnel(j, i)} " in r + " " for r in routes):
+                    return False
+        return True
+
     def holds(self, i: int) -> bool:
         """op<i> holds wgagent's routes for the phone (both families) and no other does."""
         return all(len(self.wgagent_routes(j)) == (2 if j == i else 0) for j in SITES)
