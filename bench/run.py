@@ -379,13 +379,13 @@ def scale(lab):
         ns.run("ip", "-6", "route", "flush", "proto", "152")
 
         # converge from empty: exec -> every route present
-        mark = s.mon.mark()  # waits until the ip -batch events above are read: they are not the daemon's
+        mark = s.mon.mark()  # the ip -batch events above are not the daemon's (nor, by `after`, any late ones)
         t0 = time.time()
         agent = Agent(lab, ns, f"config agent 'main'\n{WAKE_OFF}\toption poll_interval '{poll}'\n"
                                "config interface 'wg0'\n", name=f"scale{n}").start()
-        done = s.mon.wait("add", mark, count=expected, timeout=600)
+        done = s.mon.wait("add", mark, count=expected, timeout=600, after=t0)
         converge = done - t0
-        first = s.mon.wait("add", mark, count=1)
+        first = s.mon.wait("add", mark, count=1, after=t0)
         METRICS[f"converge_{n}"], METRICS[f"apply_{n}"], METRICS[f"ip_batch_{n}"] = converge, done - first, ip_batch
         record(f"converge from empty, {n} peers ({expected} routes)",
                f"{converge * 1000:.0f} ms exec->all (first route -> last: {(done - first) * 1000:.0f} ms)",
@@ -420,12 +420,13 @@ def scale(lab):
         mark = s.mon.mark()
         t0 = time.time()
         s.set_up(range(down, n))
-        done = s.mon.wait("del", mark, count=gone_routes, timeout=120)
-        first_gone = s.mon.wait("del", mark, count=1)
+        done = s.mon.wait("del", mark, count=gone_routes, timeout=120, after=t0)
+        first_gone = s.mon.wait("del", mark, count=1, after=t0)
         change_note = (f"{(done - t0) * 1000:.0f} ms to all removed, incl. waiting for the next poll ({poll:g} s); "
                        f"first -> last removal {(done - first_gone) * 1000:.0f} ms")
+        METRICS[f"scale_rss_{n}"] = proc_status(pid, "VmRSS")
         record(f"daemon peak RSS, {n} peers", f"{proc_status(pid, 'VmHWM'):.1f} MB",
-               f"idle RSS now {proc_status(pid, 'VmRSS'):.1f} MB")
+               f"idle RSS now {METRICS[f'scale_rss_{n}']:.1f} MB")
         agent.stop()  # its routes go: the baselines start from the same empty table
         s.set_up(everyone)
 
@@ -1084,7 +1085,9 @@ How each figure is taken:
   only the rtnetlink event can trigger it).
 - footprint: RSS from /proc/PID/status (VmRSS, VmHWM for peak) of the daemon process; import
   time is `python -c` importing what `wgagent run` loads before its first poll and opening
-  its netlink sockets, against a bare `python -c pass`.
+  its netlink sockets, against a bare `python -c pass`. Memory per peer: the scale
+  section's idle RSS with N peers up (after its steady windows and the 1% change) less
+  the footprint section's idle RSS with no peer, over N.
 """
 
 SCALE_DEFINITIONS = {
@@ -1164,29 +1167,43 @@ Where a target is missed, why, and what would close it:
   first decision for every peer. Closing it would take a leaner first pass (no
   verdicts kept for logging until the routes are in) or a compiled decoder.
 - steady CPU at 10,000 peers against the careful shell loop: the shell loop's cost is
-  `wg`, awk and sort in C, ~6 us a peer; wgagent's is Python loops over every peer at
-  every poll (rx history, verdict lookups, route claims, change logging), ~10 us a
-  peer even when the peer is unchanged, ~16 us when its block changed. It wins up
-  to 1,000 peers, where the loop's process starts dominate, and also does what the
-  loop does not (idle detection, conflicts, repair within ms, rules). Closing it would
-  take keeping per-peer state incrementally (touch only the peers whose block
-  changed, plus a heap of deadlines), so that an unchanged peer costs one dict lookup
-  in the parser and nothing after it.
-- CPU per hour, the wake-up + 10 s poll against polling every 2 s (5x less): five times
-  fewer reads do not cost five times less. A read 10 s after the last meets more changed
-  peer blocks than one 2 s after it (a keepalive moves a peer's rx every 25 s: ~40% of
-  them in 10 s against ~8% in 2 s), so the memo hits less and a read costs more (10,000
-  peers: ~230 ms against ~170 ms); and what does not follow the poll stays: the status
-  published every 30 s (~230 ms at 10,000 peers, ~40 ms at 1,000), the 30 s resync's
-  route dump. The rekeys' own share (the packet socket's hits from up peers' endpoints)
-  is small beside them. Closing it would take the incremental cycle (an unchanged peer
-  costs nothing after the parser) and publishing the status on change only.
+  `wg`, awk and sort in C, ~5 us a peer. wgagent keeps per-peer state between polls
+  (tracker.py): an unchanged peer costs the parser's memo lookup and one identity
+  check, and only the peers whose block changed are decided again, so with keepalive
+  traffic most of a pass is the UAPI parser's walk over every block (see NOTES.md).
+  With every peer's counters moving every peer is parsed and decided again at each
+  poll, ~15 us a peer in Python; closing that would take a compiled decoder and verdict.
+- CPU per hour, the wake-up + 10 s poll against polling every 2 s (5x less): with the
+  incremental cycle an unchanged peer costs a lookup, so a read's cost is mostly the
+  peers whose block changed, and those do not shrink with fewer reads: a keepalive
+  every 25 s moves a peer's rx ~144 times an hour whatever the read rate (a read every
+  2 s meets ~8% of the blocks changed, every 10 s ~40%). Fewer reads save only the
+  unchanged peers' lookups and each read's fixed cost, and the incremental cycle made
+  polling itself cheaper (1,000 peers every 2 s: 27.1 s an hour before it). What stays
+  whatever the poll: the status published every 30 s (its handshake ages go stale;
+  ~230 ms at 10,000 peers, ~18 ms at 1,000), the 30 s resync's route dump, and the
+  wake-up's own cost: every rekey on the wire is two packets taken off the socket,
+  parsed and named in Python (~160 a second at 10,000 peers), even though the rekey
+  of a peer up at its endpoint asks for no read. Closing it would take status ages
+  computed by the reader (the document published on change only), a kernel filter
+  that drops known peers' rekeys (classic BPF cannot hold a set of endpoints: an eBPF
+  map could), and a WireGuard read of the changed peers only, which neither the UAPI
+  nor the netlink interface offers.
+- memory per peer < 1 KB: the per-peer state the incremental cycle keeps is ~3.3 KB a
+  peer by tracemalloc (bench/profile_cycle.py --memory, 10,000 peers): the UAPI
+  parser's memo keyed by the peer's block text (~400 B), the Peer tuple with its
+  key, endpoint and AllowedIPs strings (~1.1 KB with the memo's share), its routes
+  (Route tuples, ~0.5 KB each with the kernel view's entry), and the tracker's record,
+  rx/handshake history, plan, verdict and deadline (~730 B); the rest of the RSS per
+  peer is the allocator's slack and the peaks of building the status document.
+  Closing it needs the state in compact arrays (prefixes as packed integers, one
+  fixed record per peer) and a memo keyed by a hash of the block: a new data model.
 - forwarding with the packet socket open: the daemon itself spends nothing (the filter
   drops every forwarded packet in the kernel), but an ETH_P_ALL packet socket puts every
   packet of the namespace through the tap (packet_rcv and the filter on receive; on
   transmit a clone of each packet first, dev_queue_xmit_nit), forwarded ones included.
   On 2 shared cores iperf3's runs spread by +-15 % from one to the next: in the runs so
-  far the pairs' median was 7-12 % lower with the socket (single pairs from -7 % to
+  far the pairs' median was 3-14 % lower with the socket (single pairs from -14 % to
   +27 %), with the machine's CPU per GB within noise. Closing it: a
   socket that leaves outgoing packets alone (PACKET_IGNORE_OUTGOING, bound to ETH_P_IP
   and ETH_P_IPV6, seeing the peers' messages only), or a firewall rule on the listen
@@ -1253,6 +1270,12 @@ def targets() -> str:
     if "ubus_status_p95" in m:
         row("`ubus call wgagent status` < 50 ms, 1000 peers (the plugin, p95)", f"{m['ubus_status_p95'] * 1000:.0f} ms",
             m["ubus_status_p95"] < 0.05)
+    if "idle_rss_0" in m:  # what a peer costs: the scale section's idle RSS over the footprint's with none
+        for size in (1000, 10000):
+            if f"scale_rss_{size}" in m:
+                per = (m[f"scale_rss_{size}"] - m["idle_rss_0"]) * 1024 / size
+                row(f"memory per peer < 1 KB, {size} peers up (idle RSS over the daemon with none)",
+                    f"{per:.2f} KB ({m[f'scale_rss_{size}']:.1f} against {m['idle_rss_0']:.1f} MB)", per < 1)
     for size in (0, 1000):
         if f"idle_rss_{size}" in m:
             row(f"idle RSS <= 35 MB, {size} peers", f"{m[f'idle_rss_{size}']:.1f} MB", m[f"idle_rss_{size}"] <= 35)
