@@ -109,6 +109,42 @@ def test_a_handshake_from_a_new_address_schedules_reads_of_its_interface_alone(l
     assert due == {"wg0"}
 
 
+def test_a_series_ends_at_the_read_that_shows_its_peer_up(loop, world):
+    """The router answered a new address: reads at +5, +40, +250 ms. The first read
+    that shows a peer up at that address ends the series; a read that shows nothing
+    new (the initiator's first data not in yet) lets it go on."""
+    loop._reconcile()
+    t = daemon_mod.time.monotonic() + 100  # the loop's clock: a pass's read stands for reads due by then
+    loop.watch.hits = [hit(wake.RESPONSE, outgoing=True)]
+    loop._handshakes(t)
+    reads = loop.counting.reads["wg0"]
+    loop.schedule.due(t + wake.DELAYS[0])
+    loop._reconcile({"wg0"})  # nothing yet: its handshake completes on its first data
+    assert loop.schedule.pending("wg0"), "the series goes on"
+    world.sources.peers["wg0"] = (peer(K1, "10.0.31.5/32", WALL0, endpoint="192.0.2.50:40000"),)
+    loop.schedule.due(t + wake.DELAYS[1])
+    loop._reconcile({"wg0"})
+    assert world.routes() == {"10.0.31.5/32"}
+    assert not loop.schedule.pending("wg0") and not loop.awaited, "its last read would find nothing new"
+    assert loop.counting.reads["wg0"] == reads + 2
+
+
+def test_a_series_waits_for_every_address_it_was_asked_for(loop, world):
+    loop._reconcile()
+    t = daemon_mod.time.monotonic() + 100
+    loop.watch.hits = [hit(wake.RESPONSE, True), hit(wake.RESPONSE, True, remote=("192.0.2.51", 40000))]
+    loop._handshakes(t)
+    world.sources.peers["wg0"] = (peer(K1, "10.0.31.5/32", WALL0, endpoint="192.0.2.50:40000"),)
+    loop.schedule.due(t + wake.DELAYS[0])
+    loop._reconcile({"wg0"})
+    assert loop.schedule.pending("wg0") and loop.awaited == {"wg0": {"192.0.2.51:40000"}}
+    # the other one never comes (a refused or forged handshake): the series runs out
+    while loop.schedule.next_deadline() is not None:
+        loop.schedule.due(loop.schedule.next_deadline())
+        loop._reconcile({"wg0"})
+    assert not loop.awaited
+
+
 def test_the_rekey_of_a_peer_up_at_that_address_asks_for_nothing(loop, world):
     world.sources.peers["wg0"] = (peer(K1, "10.0.31.5/32", WALL0 - 5, endpoint="192.0.2.50:40000"),)
     loop._reconcile()
