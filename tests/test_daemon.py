@@ -576,3 +576,42 @@ def test_a_route_that_would_carry_the_peers_endpoint_is_skipped_and_said_once(wo
     world.clocks.step(1)
     assert d.reconcile() and world.routes() == {"128.0.0.0/1"}
     assert [kw["prefix"] for kw in world.log.events("route_skipped")] == ["128.0.0.0/1", "0.0.0.0/1"]
+
+
+# --- bursts: built brief, said the same
+
+
+def _burst_run(world, monkeypatch, brief: bool):
+    """60 peers come up, 40 of them roam, 30 are removed; returns every
+    line said (but debug's) and every notifier call."""
+    world.kernel, world.sources, world.log, world.clocks = Kernel(), Sources(), Log(), Clocks()
+    monkeypatch.setattr(reporter_mod.Reporter, "_brief", BRIEF if brief else lambda self, count: False)
+    d = world.daemon(make("\toption description 'x'\n"))
+    heard = []
+    d.reporter.notifiers = [lambda event, fields: heard.append((event, fields))]
+    keys = [f"{i:02d}" + "C" * 41 + "=" for i in range(60)]
+    world.sources.peers["wg0"] = tuple(peer(k, f"10.0.31.{i}/32", WALL0 - 5, rx=100)
+                                       for i, k in enumerate(keys))
+    assert d.reconcile()
+    world.clocks.step(1)
+    world.sources.peers["wg0"] = tuple(p._replace(endpoint=f"192.0.2.{i}:4000", rx_bytes=200) if i < 40 else p
+                                       for i, p in enumerate(world.sources.peers["wg0"]))
+    assert d.reconcile()
+    world.clocks.step(1)
+    world.sources.peers["wg0"] = world.sources.peers["wg0"][:30]
+    assert d.reconcile()
+    return [line for line in world.log.lines if line[0] != "debug"], heard
+
+
+BRIEF = reporter_mod.Reporter._brief
+
+
+def test_a_burst_built_brief_is_said_as_in_full(world, monkeypatch):  # noqa: F811
+    """A hub starting builds no log record per peer and route only to sum them up:
+    the summary lines and the notifiers' summaries are those of the full records."""
+    full = _burst_run(world, monkeypatch, brief=False)
+    brief = _burst_run(world, monkeypatch, brief=True)
+    events = [event for _, event, _ in brief[0]]
+    for said in ("peers_up", "routes_added", "peers_endpoint_changed", "peers_down", "routes_removed"):
+        assert said in events, events
+    assert brief == full

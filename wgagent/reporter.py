@@ -22,6 +22,8 @@ from . import rundir
 from .policy import IDLE, MOVED, Desired, PeerVerdict, handshake_age
 
 BURST = 20  # more changes of one kind in one pass than this: one summary line (see lines())
+UP_LINE, ROAMED_LINE, DOWN_LINE = 0, 1, 2  # Reporter._render's entries
+PEER_EVENTS = ("peer_up", "peer_endpoint_changed", "peer_down")
 
 _NOTHING = object()
 
@@ -208,9 +210,9 @@ class Reporter:
             if v is not None and v.up:
                 up[key] = v
                 if before is None:
-                    lines.append(self._up(key, v))
+                    lines.append((UP_LINE, key, v, self.held.get(key)))
                 elif before.peer.endpoint != v.peer.endpoint and before.peer.endpoint and v.peer.endpoint:
-                    lines.append(self._roamed(before, v))
+                    lines.append((ROAMED_LINE, before, v))
             elif before is not None:
                 del up[key]
                 gone.append((key, before, v))
@@ -227,15 +229,36 @@ class Reporter:
         for key, before, now in sorted(gone, key=lambda g: g[0]):
             if key in held:
                 continue  # said as peer_moved
-            lines.append(self._down(key, before, now, present))
+            lines.append((DOWN_LINE, key, before, now, present))
+        lines = self._render(lines)
         self._say_moved(desired, held, lines)
         self.lines(lines)
 
-    def _up(self, key, v: PeerVerdict) -> tuple:
-        """The peer_up line; one held back as moved until now and up again without a
-        new handshake came back by its packets (policy.hand_off), and says so."""
+    def _brief(self, count: int) -> bool:
+        """count lines of a pass are a burst that lines() sums up (at info; each one is
+        said only at debug): build only what its summary reads."""
+        return count > BURST and not log_mod.enabled("debug")
+
+    def _render(self, entries: list) -> list:
+        """The peer lines of (kind, args...) entries: in full, or for a burst (a hub
+        starting: 10,000 peer_up) only the interface, the peer and the key each, which
+        is all lines() reads of them then."""
+        if not self._brief(len(entries)):
+            return [(self._up, self._roamed, self._down)[kind](*args) for kind, *args in entries]
+        out = []
+        for kind, *args in entries:
+            v = args[1]  # _up's v, _roamed's v, _down's before (or its verdict now, as _down says it)
+            if kind == DOWN_LINE and args[2] is not None:
+                v = args[2]
+            out.append((PEER_EVENTS[kind], {"iface": v.interface, "peer": v.label}, {"peer": v.peer.public_key}))
+        return out
+
+    @staticmethod
+    def _up(key, v: PeerVerdict, was: PeerVerdict | None) -> tuple:
+        """The peer_up line; one held back as moved until now (was: as of the pass
+        before) and up again without a new handshake came back by its packets
+        (policy.hand_off), and says so."""
         fields = peer_fields(v)
-        was = self.held.get(key)  # as of the pass before
         if was is not None and was.peer.last_handshake == v.peer.last_handshake:
             fields["detail"] = "its packets kept arriving here after the move: the claim was older news of " \
                                "another router"
@@ -288,9 +311,9 @@ class Reporter:
                 now_up[key] = v
                 before = was_up.get(key)
                 if before is None:
-                    lines.append(self._up(key, v))
+                    lines.append((UP_LINE, key, v, self.held.get(key)))
                 elif before.peer.endpoint != v.peer.endpoint and before.peer.endpoint and v.peer.endpoint:
-                    lines.append(self._roamed(before, v))
+                    lines.append((ROAMED_LINE, before, v))
             elif v.reason == IDLE:
                 idle.add((v.interface, v.peer.public_key))
             elif v.reason == MOVED:
@@ -304,7 +327,8 @@ class Reporter:
                 if v.interface in kept:
                     now_up[key] = v  # unreadable this time: keep what we knew
                 elif key not in held:  # else said as peer_moved
-                    lines.append(self._down(key, v, seen.get(key), present))
+                    lines.append((DOWN_LINE, key, v, seen.get(key), present))
+        lines = self._render(lines)
         self._say_moved(desired, held, lines)
         self.up = now_up
         self.idle_keys, self._idle_written, self.held = set(idle), frozenset(idle), held
@@ -435,6 +459,9 @@ class Reporter:
 
     def changes(self, done: dict, desired: Desired, previous: Desired, now: float, activity, mono: float) -> None:
         """done: (event, interface, owner) -> the routes or rules of that change."""
+        if self._brief(len(done)):
+            self.lines(_brief_changes(done))
+            return
         verdicts = {f"peer {v.label}": v for v in desired.verdicts} if done else {}
         lines = []
         for (event, iface, owner), items in done.items():
@@ -465,6 +492,21 @@ class Reporter:
                 fields.update(owner=owner)
             lines.append((event, fields, note))
         self.lines(lines)
+
+
+def _brief_changes(done: dict) -> list:
+    """changes()'s lines of a burst, with what lines() reads of each: the interface,
+    who (its peer, as changes() names it from the owner, or the owner), and for a
+    route the first prefix its notifiers' summary names."""
+    lines = []
+    for (event, iface, owner), items in done.items():
+        fields = {"iface": iface} if iface else {}
+        if owner.startswith("peer "):
+            fields["peer"] = owner[5:]
+        elif owner != "-":
+            fields["owner"] = owner
+        lines.append((event, fields, {"prefixes": [items[0].prefix]} if event.startswith("route") else None))
+    return lines
 
 
 def moved_fields(record, proto_name) -> dict:
